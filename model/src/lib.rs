@@ -1,0 +1,1 @@
+//! Open-o3 Video (Qwen2.5-VL) in candle.
