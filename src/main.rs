@@ -1,1 +1,68 @@
-fn main() {}
+//! The `vidx` binary: parses flags, starts telemetry, and runs one subcommand. Errors print as
+//! one line on stderr with a non-zero exit.
+
+use clap::Parser;
+use vidx::cli::{BenchCommand, Cli, Command};
+use vidx::commands::{coordinator, passes};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    vidx::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Coordinator(args) => {
+            coordinator::run(args.into_config()?, shutdown_signal()).await
+        }
+        Command::Submit(args) => passes::submit(args).await,
+        Command::Status(args) => passes::status(args).await,
+        Command::Cancel(args) => passes::cancel(args).await,
+        Command::Passes(args) => passes::passes(args).await,
+        Command::Jobs(args) => passes::jobs(args).await,
+        Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics: queue depth per pass and state (what the autoscaler scales workers on),
+//! leases in flight, job durations and failures. Served as text on `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::domain::JobState;
+
+/// Every metric the coordinator exports, in its own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Jobs per pass and state.
+    pub jobs: IntGaugeVec,
+    /// Pending jobs over all active passes: the autoscaling signal.
+    pub queue_depth: IntGauge,
+    /// Leases held.
+    pub leases_in_flight: IntGauge,
+    /// Time from lease to completion.
+    pub job_duration: HistogramVec,
+    /// Job outcomes reported by workers, by outcome.
+    pub job_outcomes: IntCounterVec,
+    /// Failed requests, by error label.
+    pub request_errors: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("vidx".into()), None)
+            .expect("static registry prefix is valid");
+        let jobs = IntGaugeVec::new(
+            Opts::new("jobs", "jobs per pass and state"),
+            &["pass_id", "state"],
+        )
+        .expect("static metric definition is valid");
+        let queue_depth =
+            IntGauge::new("queue_depth", "pending jobs over all active passes").expect("valid");
+        let leases_in_flight =
+            IntGauge::new("leases_in_flight", "job leases currently held").expect("valid");
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new("job_duration_seconds", "time from lease to completion")
+                .buckets(prometheus::exponential_buckets(0.5, 2.0, 14).expect("valid buckets")),
+            &["outcome"],
+        )
+        .expect("valid");
+        let job_outcomes = IntCounterVec::new(
+            Opts::new("job_outcomes_total", "job results reported by workers"),
+            &["outcome"],
+        )
+        .expect("valid");
+        let request_errors = IntCounterVec::new(
+            Opts::new("request_errors_total", "failed requests by error kind"),
+            &["kind"],
+        )
+        .expect("valid");
+        for collector in [
+            Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_depth.clone()),
+            Box::new(leases_in_flight.clone()),
+            Box::new(job_duration.clone()),
+            Box::new(job_outcomes.clone()),
+            Box::new(request_errors.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        Metrics {
+            registry,
+            jobs,
+            queue_depth,
+            leases_in_flight,
+            job_duration,
+            job_outcomes,
+            request_errors,
+        }
+    }
+
+    /// Sets the per-pass gauges from fresh counts, dropping passes no longer active.
+    pub fn set_pass_counts(&self, passes: &[(String, crate::domain::JobCounts)]) {
+        self.jobs.reset();
+        let mut depth = 0;
+        for (pass_id, counts) in passes {
+            for state in JobState::ALL {
+                self.jobs
+                    .with_label_values(&[pass_id.as_str(), state.as_str()])
+                    .set(counts.get(state) as i64);
+            }
+            depth += counts.pending;
+        }
+        self.queue_depth.set(depth as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,269 @@
+//! The coordinator's operations, independent of transport: the gRPC layer calls these, and so
+//! does an in-process worker in the embedded local mode. Validation of ids and bounds lives here,
+//! once, so every entry point rejects the same bad input the same way.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::{info, instrument};
+
+use crate::domain::{
+    Completed, Completion, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec,
+    PassStatus, now_ms,
+};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::store::{Created, JobStore, LeaseRequest};
+
+/// Default lease duration.
+pub const DEFAULT_LEASE_MS: i64 = 60_000;
+/// Shortest and longest lease a worker may ask for.
+pub const LEASE_MS_RANGE: (i64, i64) = (1_000, 3_600_000);
+/// Most jobs one lease call may take.
+pub const MAX_LEASE_BATCH: u32 = 256;
+/// Most items one page may hold.
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+/// The coordinator: a job store, metrics, and a way to wake the planner.
+#[derive(Clone)]
+pub struct Coordinator {
+    store: Arc<dyn JobStore>,
+    metrics: Metrics,
+    planner_wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
+}
+
+fn require_id(what: &str, id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    if id.len() > 512 {
+        return Err(Error::invalid(format!("{what} is longer than 512 bytes")));
+    }
+    Ok(())
+}
+
+fn page_size(requested: u32, default: u32) -> Result<u32> {
+    match requested {
+        0 => Ok(default),
+        n if n > MAX_PAGE_SIZE => Err(Error::invalid(format!(
+            "page size {n} is more than {MAX_PAGE_SIZE}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+impl Coordinator {
+    /// A coordinator over `store`.
+    pub fn new(store: Arc<dyn JobStore>, metrics: Metrics) -> Self {
+        Coordinator {
+            store,
+            metrics,
+            planner_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What the planner waits on.
+    pub fn planner_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.planner_wake)
+    }
+
+    /// Validates and records a pass; planning starts in the background.
+    #[instrument(skip_all, fields(source = %spec.source))]
+    pub async fn submit(&self, spec: PassSpec) -> Result<Created> {
+        spec.validate()?;
+        let created = self.store.create_pass(&spec, now_ms()).await?;
+        if !created.existing {
+            info!(pass_id = %created.pass_id, "pass submitted");
+            self.planner_wake.notify_one();
+        }
+        Ok(created)
+    }
+
+    /// A pass's status.
+    pub async fn status(&self, pass_id: &str) -> Result<PassStatus> {
+        require_id("pass id", pass_id)?;
+        self.store.pass_status(pass_id, now_ms()).await
+    }
+
+    /// Passes, newest first.
+    pub async fn list_passes(&self, size: u32, token: Option<&str>) -> Result<Page<PassStatus>> {
+        self.store
+            .list_passes(page_size(size, 50)?, token, now_ms())
+            .await
+    }
+
+    /// A pass's jobs.
+    pub async fn list_jobs(
+        &self,
+        pass_id: &str,
+        state: Option<JobState>,
+        size: u32,
+        token: Option<&str>,
+    ) -> Result<Page<Job>> {
+        require_id("pass id", pass_id)?;
+        self.store
+            .list_jobs(pass_id, state, page_size(size, 100)?, token)
+            .await
+    }
+
+    /// Cancels a pass and returns its status.
+    #[instrument(skip_all, fields(%pass_id))]
+    pub async fn cancel(&self, pass_id: &str) -> Result<PassStatus> {
+        require_id("pass id", pass_id)?;
+        self.store.cancel_pass(pass_id, now_ms()).await?;
+        info!("pass cancelled");
+        self.store.pass_status(pass_id, now_ms()).await
+    }
+
+    /// Leases jobs to a worker. `lease_ms` 0 and `max_jobs` 0 take the defaults.
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        max_jobs: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<LeasedJob>> {
+        require_id("worker id", worker_id)?;
+        let max_jobs = match max_jobs {
+            0 => 1,
+            n if n > MAX_LEASE_BATCH => {
+                return Err(Error::invalid(format!(
+                    "max jobs {n} is more than {MAX_LEASE_BATCH}"
+                )));
+            }
+            n => n,
+        };
+        let lease_ms = match lease_ms {
+            0 => DEFAULT_LEASE_MS,
+            ms if !(LEASE_MS_RANGE.0..=LEASE_MS_RANGE.1).contains(&ms) => {
+                return Err(Error::invalid(format!(
+                    "lease duration {ms} ms is outside {}..={} ms",
+                    LEASE_MS_RANGE.0, LEASE_MS_RANGE.1
+                )));
+            }
+            ms => ms,
+        };
+        let request = LeaseRequest {
+            worker_id: worker_id.to_owned(),
+            max_jobs,
+            lease_ms,
+        };
+        let leased = self.store.lease(&request, now_ms()).await?;
+        self.metrics.leases_in_flight.add(leased.len() as i64);
+        Ok(leased)
+    }
+
+    /// Extends a lease.
+    pub async fn heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        extend_ms: i64,
+    ) -> Result<Heartbeat> {
+        require_id("job id", job_id)?;
+        require_id("lease id", lease_id)?;
+        let extend = match extend_ms {
+            0 => None,
+            ms if !(LEASE_MS_RANGE.0..=LEASE_MS_RANGE.1).contains(&ms) => {
+                return Err(Error::invalid(format!(
+                    "lease extension {ms} ms is outside {}..={} ms",
+                    LEASE_MS_RANGE.0, LEASE_MS_RANGE.1
+                )));
+            }
+            ms => Some(ms),
+        };
+        self.store
+            .heartbeat(job_id, lease_id, extend, now_ms())
+            .await
+    }
+
+    /// Records a job done.
+    #[instrument(skip_all, fields(%job_id))]
+    pub async fn complete(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        completion: &Completion,
+    ) -> Result<Completed> {
+        require_id("job id", job_id)?;
+        require_id("lease id", lease_id)?;
+        let completed = self
+            .store
+            .complete(job_id, lease_id, completion, now_ms())
+            .await?;
+        self.metrics.leases_in_flight.dec();
+        self.metrics.job_outcomes.with_label_values(&["done"]).inc();
+        self.metrics
+            .job_duration
+            .with_label_values(&["done"])
+            .observe(completed.lease_held_ms as f64 / 1_000.0);
+        Ok(completed)
+    }
+
+    /// Records a job failed.
+    #[instrument(skip_all, fields(%job_id))]
+    pub async fn fail(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome> {
+        require_id("job id", job_id)?;
+        require_id("lease id", lease_id)?;
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("failure reason is empty"));
+        }
+        // Reasons are shown in status and logs; keep them to one bounded line.
+        let reason: String = reason
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(2_000)
+            .collect();
+        let outcome = self
+            .store
+            .fail(job_id, lease_id, &reason, retryable, now_ms())
+            .await?;
+        self.metrics.leases_in_flight.dec();
+        self.metrics
+            .job_outcomes
+            .with_label_values(&[outcome.state.as_str()])
+            .inc();
+        Ok(outcome)
+    }
+
+    /// Refreshes the gauges that mirror stored state.
+    pub async fn refresh_metrics(&self) -> Result<()> {
+        let now = now_ms();
+        let mut counts = Vec::new();
+        for pass_id in self.store.active_passes().await? {
+            match self.store.pass_status(&pass_id, now).await {
+                Ok(status) => counts.push((pass_id, status.counts)),
+                Err(Error::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.metrics.set_pass_counts(&counts);
+        self.metrics
+            .leases_in_flight
+            .set(self.store.leases_in_flight().await? as i64);
+        Ok(())
+    }
+}

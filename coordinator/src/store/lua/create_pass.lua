@@ -1,0 +1,13 @@
+-- ARGV: prefix, pass_id, spec_json, now_ms, idempotency_key ('' for none), max_attempts
+local pass_id, spec, now, key, max_attempts = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if key ~= '' then
+  local existing = redis.call('GET', P .. ':idem:' .. key)
+  if existing then return {'existing', existing} end
+  redis.call('SET', P .. ':idem:' .. key, pass_id)
+end
+redis.call('HSET', pkey(pass_id), 'spec', spec, 'state', 'planning', 'created', now, 'videos', 0,
+  'max_attempts', max_attempts, 'seq', 0, 'n:pending', 0, 'n:leased', 0, 'n:done', 0,
+  'n:failed', 0, 'n:dead', 0, 'n:cancelled', 0)
+redis.call('ZADD', P .. ':passes', 0, pass_id)
+redis.call('SADD', P .. ':active', pass_id)
+return {'created', pass_id}

@@ -1,0 +1,13 @@
+-- ARGV: prefix, pass_id, error ('' when planning succeeded)
+local pass_id, err = ARGV[2], ARGV[3]
+local state = redis.call('HGET', pkey(pass_id), 'state')
+if not state then return {'notfound'} end
+if state ~= 'planning' then return {'ok'} end
+redis.call('DEL', pkey(pass_id) .. ':planner')
+if err ~= '' then
+  redis.call('HSET', pkey(pass_id), 'state', 'failed', 'error', err)
+  redis.call('SREM', P .. ':active', pass_id)
+else
+  redis.call('HSET', pkey(pass_id), 'state', 'running')
+end
+return {'ok'}

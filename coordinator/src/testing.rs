@@ -1,0 +1,114 @@
+//! Test support: a real `redis-server` on a free loopback port, stopped by its pid when dropped.
+//! Built with the `testsuite` feature, for this crate's tests and the workspace's integration tests.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process with persistence off, listening on 127.0.0.1 only.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server; the binary is `$VIDX_REDIS_SERVER` or `redis-server` from `PATH`
+    /// (installed by `scripts/setup.sh`).
+    pub fn start() -> std::io::Result<Self> {
+        let binary = std::env::var("VIDX_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut last_error = None;
+        // A free port can be taken by someone else between probing and binding: try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let dir = tempfile::tempdir()?;
+            let child = Command::new(&binary)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ])
+                .args(["--loglevel", "warning", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("cannot start {binary} (run scripts/setup.sh): {error}"),
+                    )
+                })?;
+            let mut server = RedisServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            match server.wait_ready(Duration::from_secs(10)) {
+                Ok(()) => return Ok(server),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "redis-server exited early: {status}"
+                )));
+            }
+            if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200))
+            {
+                stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+                stream.write_all(b"PING\r\n")?;
+                let mut reply = [0u8; 7];
+                if stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n" {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis-server not ready in time",
+        ))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

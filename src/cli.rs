@@ -1,0 +1,236 @@
+//! Command-line flags. Every flag has `long` and, where it is configuration rather than input, an
+//! environment variable; each command turns its flags into a validated config before doing work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// vidx: distributed batch video indexing and moderation.
+#[derive(Debug, Parser)]
+#[command(name = "vidx", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "VIDX_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator: plans passes, keeps job state, leases jobs to workers.
+    Coordinator(CoordinatorArgs),
+    /// Submit a pass over a corpus; prints the pass id.
+    Submit(SubmitArgs),
+    /// Show a pass's progress.
+    Status(StatusArgs),
+    /// Cancel a pass.
+    Cancel(CancelArgs),
+    /// List passes, newest first.
+    Passes(PassesArgs),
+    /// List a pass's jobs.
+    Jobs(JobsArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// How to reach a coordinator.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Coordinator URL (`http://host:port`, or `https://` with TLS).
+    #[arg(
+        long,
+        env = "VIDX_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// File holding the bearer token (else `$VIDX_TOKEN`).
+    #[arg(long, env = "VIDX_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token; only from the environment, never a flag, so it stays out of `ps`.
+    #[arg(
+        long = "token-from-env",
+        env = "VIDX_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// PEM CA certificate to trust for `https` coordinators.
+    #[arg(long, env = "VIDX_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// `vidx coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "VIDX_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Redis URL for durable state; without it state lives in memory and dies with the process.
+    #[arg(long, env = "VIDX_REDIS")]
+    pub redis: Option<String>,
+    /// Key prefix in Redis, to share one Redis between deployments.
+    #[arg(long, env = "VIDX_REDIS_PREFIX", default_value = "vidx")]
+    pub redis_prefix: String,
+    /// File holding the bearer token every call must carry (else `$VIDX_TOKEN`).
+    #[arg(long, env = "VIDX_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// The token, from the environment only.
+    #[arg(
+        long = "token-from-env",
+        env = "VIDX_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long, env = "VIDX_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// PEM certificate chain for TLS (with `--tls-key`).
+    #[arg(long, env = "VIDX_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with `--tls-cert`).
+    #[arg(long, env = "VIDX_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// This replica's name; defaults to the host name plus a random suffix.
+    #[arg(long, env = "VIDX_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Base retry backoff in milliseconds (doubles per attempt).
+    #[arg(long, env = "VIDX_RETRY_BASE_MS", default_value_t = 2_000)]
+    pub retry_base_ms: i64,
+    /// Longest retry backoff in milliseconds.
+    #[arg(long, env = "VIDX_RETRY_MAX_MS", default_value_t = 300_000)]
+    pub retry_max_ms: i64,
+}
+
+/// `vidx submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The corpus: an object-store prefix (`s3://bucket/videos/`, `file:///data/`, a local
+    /// directory) or a manifest (`.txt` or `.jsonl`).
+    pub source: String,
+    /// Where the evidence index goes.
+    #[arg(long)]
+    pub out: String,
+    /// Indexing prompt (default: the built-in indexing prompt).
+    #[arg(long, conflicts_with_all = ["policy", "question"])]
+    pub prompt: Option<String>,
+    /// Moderation policy YAML file.
+    #[arg(long, conflicts_with = "question")]
+    pub policy: Option<PathBuf>,
+    /// A free-form question; repeat for several.
+    #[arg(long)]
+    pub question: Vec<String>,
+    /// Frames per second to sample.
+    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_FPS)]
+    pub fps: f64,
+    /// Most frames per segment.
+    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_MAX_FRAMES)]
+    pub max_frames: u32,
+    /// Segment length in seconds.
+    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_SEGMENT_SECS)]
+    pub segment_secs: f64,
+    /// Attempts per job before it is dead.
+    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// Submitting again with the same key returns the same pass.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pass id.
+    pub pass_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching with a live progress bar until the pass ends.
+    #[arg(long)]
+    pub watch: bool,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The pass id.
+    pub pass_id: String,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx passes`.
+#[derive(Debug, Args)]
+pub struct PassesArgs {
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Most passes to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The pass id.
+    pub pass_id: String,
+    /// Only jobs in this state (pending, leased, done, failed, dead, cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Most jobs to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Lease+complete throughput through gRPC against Redis, with `redis-benchmark` as ceiling.
+    Queue(QueueBenchArgs),
+}
+
+/// `vidx bench queue`.
+#[derive(Debug, Args)]
+pub struct QueueBenchArgs {
+    /// Redis to use; without it a `redis-server` is started on a free loopback port.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Jobs to push through.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: u32,
+    /// Concurrent worker clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Jobs leased per call.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+}

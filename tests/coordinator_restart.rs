@@ -1,0 +1,136 @@
+//! Kills a real `vidx coordinator` process mid-pass, starts a new one on the same Redis, and
+//! checks the pass finishes with nothing lost: held leases stay valid, every job is done once.
+//! Also scrapes `/metrics` from the real process.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vidx::bench::{drive, submit_and_plan, write_manifest};
+use vidx_coordinator::auth::Token;
+use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
+use vidx_coordinator::domain::{Completion, PassState};
+use vidx_coordinator::testing::{RedisServer, free_port};
+
+/// A coordinator child process, killed by its pid when dropped.
+struct CoordinatorProcess {
+    child: Child,
+    url: String,
+    metrics_port: u16,
+}
+
+impl CoordinatorProcess {
+    async fn start(redis_url: &str) -> CoordinatorProcess {
+        let port = free_port().unwrap();
+        let metrics_port = free_port().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vidx"))
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis",
+                redis_url,
+            ])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .env("VIDX_TOKEN", "restart-token")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("vidx binary starts");
+        let process = CoordinatorProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            metrics_port,
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if CoordinatorClient::connect(&process.config()).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("coordinator did not come up in 30 s");
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig::new(self.url.clone(), Some(Token::new("restart-token").unwrap()))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_coordinator_loses_nothing() {
+    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let mut first = CoordinatorProcess::start(&redis.url()).await;
+    let mut client = CoordinatorClient::connect(&first.config()).await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(scratch.path(), 300).unwrap();
+    let pass_id = submit_and_plan(&mut client, &manifest, "file:///tmp/vidx-restart-out/")
+        .await
+        .unwrap();
+
+    // Some work done, some leases held when the coordinator dies.
+    let partial = drive(&first.config(), 4, 10, 100, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(partial.completed >= 100);
+    let held = client.lease("survivor", 20, 600_000).await.unwrap();
+    assert_eq!(held.len(), 20);
+
+    let metrics = scrape(first.metrics_port).await;
+    assert!(metrics.contains("vidx_queue_depth"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "vidx_jobs{{pass_id=\"{pass_id}\",state=\"leased\"}} 20"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("vidx_leases_in_flight 20"), "{metrics}");
+
+    first.kill();
+    let second = CoordinatorProcess::start(&redis.url()).await;
+    let mut client = CoordinatorClient::connect(&second.config()).await.unwrap();
+    let status = client.status(&pass_id).await.unwrap();
+    assert_eq!(status.counts.total(), 300, "every job survived the restart");
+    assert_eq!(status.counts.leased, 20);
+    assert_eq!(status.counts.done, partial.completed);
+
+    for job in &held {
+        client
+            .complete(&job.job.job_id, &job.lease_id, &Completion::default())
+            .await
+            .unwrap();
+    }
+    let rest = 300 - partial.completed - 20;
+    let report = drive(&second.config(), 4, 10, rest, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(report.completed, rest);
+    let status = client.status(&pass_id).await.unwrap();
+    assert_eq!((status.counts.done, status.counts.total()), (300, 300));
+    assert_eq!(status.state, PassState::Finished);
+}
