@@ -78,6 +78,16 @@ impl Error {
         }
     }
 
+    /// Whether the coordinator rejected a call because the lease is no longer the job's, locally
+    /// (`StaleLease`) or over gRPC (`FAILED_PRECONDITION`).
+    pub fn is_lease_rejected(&self) -> bool {
+        match self {
+            Error::StaleLease { .. } => true,
+            Error::Remote(status) => status.code() == tonic::Code::FailedPrecondition,
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
     }
