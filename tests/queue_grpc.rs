@@ -401,3 +401,40 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_round_trips_the_submitted_spec() {
+    use vidx_coordinator::domain::{PassSpec, Sampling, Task};
+    let redis = RedisServer::start().unwrap();
+    let (url, stop, server) = start_coordinator(redis_coordinator(&redis).await, None)
+        .await
+        .unwrap();
+    let mut client = CoordinatorClient::connect(&ClientConfig::new(url, None))
+        .await
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let spec = PassSpec {
+        source: write_manifest(scratch.path(), 3).unwrap(),
+        destination: "file:///tmp/vidx-out/".into(),
+        task: Task::Questions {
+            questions: vec!["where is the red car?".into(), "who speaks?".into()],
+        },
+        sampling: Sampling {
+            fps: 2.0,
+            max_frames: 8,
+            segment_secs: 120.0,
+        },
+        idempotency_key: Some("round-trip".into()),
+        max_attempts: 5,
+    };
+    let created = client.submit(&spec).await.unwrap();
+    let again = client.submit(&spec).await.unwrap();
+    assert_eq!(
+        (again.pass_id.as_str(), again.existing),
+        (created.pass_id.as_str(), true)
+    );
+    let status = client.status(&created.pass_id).await.unwrap();
+    assert_eq!(status.spec, spec);
+    let _ = stop.send(());
+    server.await.unwrap();
+}

@@ -224,6 +224,10 @@ pub fn status_to_pb(status: &PassStatus) -> pb::PassStatus {
         created_at_ms: status.created_at_ms,
         planning_error: status.planning_error.clone().unwrap_or_default(),
         videos: status.videos,
+        task: Some(task_to_pb(&status.spec.task)),
+        sampling: Some(sampling_to_pb(&status.spec.sampling)),
+        idempotency_key: status.spec.idempotency_key.clone().unwrap_or_default(),
+        max_attempts: status.spec.max_attempts,
     }
 }
 
@@ -248,10 +252,10 @@ pub fn status_from_pb(status: pb::PassStatus) -> Result<PassStatus, Error> {
         spec: PassSpec {
             source: status.source,
             destination: status.destination,
-            task: Task::default(),
-            sampling: Sampling::default(),
-            idempotency_key: None,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            task: task_from_pb(status.task)?,
+            sampling: sampling_from_pb(status.sampling),
+            idempotency_key: (!status.idempotency_key.is_empty()).then_some(status.idempotency_key),
+            max_attempts: status.max_attempts,
         },
         state,
         counts: domain::JobCounts {

@@ -8,6 +8,7 @@ local pass = redis.call('HMGET', pkey(pass_id), 'state', 'max_attempts')
 record_error(id, pass_id, job[6], reason, now)
 if stopped(pass[1]) then
   move(id, pass_id, 'leased', 'cancelled', seq)
+  finished(pass_id, now)
   return {'ok', 'cancelled', '0'}
 end
 if retryable == '1' and attempt < tonumber(pass[2]) then
