@@ -168,11 +168,14 @@ pub struct LoadOptions {
 pub struct HubOptions {
     /// Git revision.
     pub revision: String,
-    /// Cache directory (hf-hub's default when `None`).
+    /// Cache directory (hf-hub's default, `$HF_HOME/hub`, when `None`).
     pub cache_dir: Option<PathBuf>,
     /// Hub endpoint (`https://huggingface.co` when `None`).
     pub endpoint: Option<String>,
-    /// Bound on the whole download; the call fails with [`Error::Hub`] when it passes.
+    /// Bound on reaching the endpoint (DNS + TCP connect); without a network the call fails
+    /// after at most this long.
+    pub connect_timeout: Duration,
+    /// Bound on the whole download (the 7B checkpoint is about 16 GB).
     pub timeout: Duration,
 }
 
@@ -182,24 +185,58 @@ impl Default for HubOptions {
             revision: "main".into(),
             cache_dir: None,
             endpoint: None,
-            timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(4 * 3600),
         }
     }
 }
 
-/// Downloads (or finds in the cache) the files of `repo_id` and returns their local paths.
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+enum Progress {
+    Reachable,
+    Done(Result<ModelFiles>),
+}
+
+/// Returns the files of `repo_id` from the local hub cache, or downloads them. Fails with
+/// [`Error::Hub`] when the endpoint cannot be reached within `connect_timeout` or the download
+/// does not finish within `timeout`.
 pub fn download(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
+    if let Some(files) = cached(repo_id, options) {
+        return Ok(files);
+    }
     let (sender, receiver) = mpsc::channel();
-    let repo_id = repo_id.to_string();
-    let options_for_thread = options.clone();
+    let repo = repo_id.to_string();
+    let thread_options = options.clone();
     std::thread::Builder::new()
         .name("hf-hub-download".into())
         .spawn(move || {
-            let _ = sender.send(download_blocking(&repo_id, &options_for_thread));
+            let endpoint = thread_options
+                .endpoint
+                .as_deref()
+                .unwrap_or(DEFAULT_ENDPOINT);
+            if let Err(e) = probe(endpoint, thread_options.connect_timeout) {
+                let _ = sender.send(Progress::Done(Err(e)));
+                return;
+            }
+            let _ = sender.send(Progress::Reachable);
+            let _ = sender.send(Progress::Done(download_blocking(&repo, &thread_options)));
         })
         .map_err(|e| Error::Hub(format!("cannot start download thread: {e}")))?;
+    // DNS resolution is not bounded by the socket timeout, so the wait itself is bounded too.
+    match receiver.recv_timeout(options.connect_timeout + Duration::from_secs(1)) {
+        Ok(Progress::Reachable) => {}
+        Ok(Progress::Done(result)) => return result,
+        Err(_) => {
+            return Err(Error::Hub(format!(
+                "hub endpoint not reachable within {:?}",
+                options.connect_timeout
+            )));
+        }
+    }
     match receiver.recv_timeout(options.timeout) {
-        Ok(result) => result,
+        Ok(Progress::Done(result)) => result,
+        Ok(Progress::Reachable) => Err(Error::Hub("download thread protocol error".into())),
         Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Hub(format!(
             "download timed out after {:?}",
             options.timeout
@@ -208,6 +245,72 @@ pub fn download(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
             Err(Error::Hub("download thread ended without result".into()))
         }
     }
+}
+
+/// Opens a TCP connection to the endpoint's host within `timeout`.
+fn probe(endpoint: &str, timeout: Duration) -> Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let (default_port, rest) = if let Some(rest) = endpoint.strip_prefix("https://") {
+        (443, rest)
+    } else if let Some(rest) = endpoint.strip_prefix("http://") {
+        (80, rest)
+    } else {
+        return Err(Error::Hub(format!("unsupported hub endpoint {endpoint}")));
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| Error::Hub(format!("cannot resolve {authority}: {e}")))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Hub(format!(
+        "cannot connect to {authority}: {}",
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into())
+    )))
+}
+
+fn hub_repo(repo_id: &str, options: &HubOptions) -> hf_hub::Repo {
+    hf_hub::Repo::with_revision(
+        repo_id.to_string(),
+        hf_hub::RepoType::Model,
+        options.revision.clone(),
+    )
+}
+
+/// All files of `repo_id` from the local cache, without network access.
+fn cached(repo_id: &str, options: &HubOptions) -> Option<ModelFiles> {
+    let cache = match &options.cache_dir {
+        Some(dir) => hf_hub::Cache::new(dir.clone()),
+        None => hf_hub::Cache::from_env(),
+    };
+    let repo = cache.repo(hub_repo(repo_id, options));
+    let config = repo.get("config.json")?;
+    let weights = match repo.get("model.safetensors.index.json") {
+        Some(index) => shards_from_index(&read(&index).ok()?)
+            .ok()?
+            .iter()
+            .map(|name| repo.get(name))
+            .collect::<Option<Vec<_>>>()?,
+        None => vec![repo.get("model.safetensors")?],
+    };
+    Some(ModelFiles {
+        config,
+        weights,
+        tokenizer: Some(repo.get("tokenizer.json")?),
+        preprocessor: repo.get("preprocessor_config.json"),
+    })
 }
 
 fn download_blocking(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> {
@@ -221,11 +324,7 @@ fn download_blocking(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> 
         builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().map_err(|e| Error::Hub(e.to_string()))?;
-    let repo = api.repo(hf_hub::Repo::with_revision(
-        repo_id.to_string(),
-        hf_hub::RepoType::Model,
-        options.revision.clone(),
-    ));
+    let repo = api.repo(hub_repo(repo_id, options));
     let get = |name: &str| {
         repo.get(name)
             .map_err(|e| Error::Hub(format!("{repo_id}/{name}: {e}")))
@@ -238,6 +337,11 @@ fn download_blocking(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> 
             .collect::<Result<Vec<_>>>()?,
         Err(_) => vec![get("model.safetensors")?],
     };
+    tracing::info!(
+        repo_id,
+        shards = weights.len(),
+        "downloaded model from the hub"
+    );
     Ok(ModelFiles {
         config,
         weights,

@@ -59,6 +59,31 @@ impl EncodedFrames {
     }
 }
 
+/// A video after the vision tower, for the native `<|video_pad|>` path.
+#[derive(Debug, Clone)]
+pub struct EncodedVideo {
+    grid: [usize; 3],
+    second_per_grid_t: f32,
+    embeds: Tensor,
+}
+
+impl EncodedVideo {
+    /// `(t, h, w)` patch grid (t = frames / 2).
+    pub fn grid(&self) -> [usize; 3] {
+        self.grid
+    }
+
+    /// Seconds covered by one temporal patch (`temporal_patch_size / fps`).
+    pub fn second_per_grid_t(&self) -> f32 {
+        self.second_per_grid_t
+    }
+
+    /// Merged vision tokens `[t*h*w/4, D]`.
+    pub fn embeds(&self) -> &Tensor {
+        &self.embeds
+    }
+}
+
 /// A prefilled prompt prefix (system turn + frames + duration line) and its KV cache.
 #[derive(Debug, Clone)]
 pub struct PrefixCache {
@@ -89,6 +114,16 @@ pub struct Answer {
     pub prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache instead of being recomputed.
     pub reused_prefix_tokens: usize,
+}
+
+/// A prompt after its prefill: last-position logits and the cache to continue.
+struct Prefilled {
+    logits: Tensor,
+    cache: KvCache,
+    ids: Vec<u32>,
+    rope_delta: i64,
+    /// Prompt tokens served from a prefix cache.
+    reused: usize,
 }
 
 /// Open-o3 Video: model, tokenizer and processor.
@@ -273,6 +308,30 @@ impl OpenO3Video {
             &mut cache,
             LogitsMode::Last,
         )?;
+        let prefilled = Prefilled {
+            logits,
+            cache,
+            ids,
+            rope_delta: positions.rope_delta,
+            reused,
+        };
+        self.finish(prefilled, params, on_text)
+    }
+
+    /// Generates after a prefill and decodes the answer, streaming text deltas.
+    fn finish(
+        &self,
+        prefilled: Prefilled,
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let Prefilled {
+            logits,
+            mut cache,
+            ids,
+            rope_delta,
+            reused,
+        } = prefilled;
         let mut params = params.clone();
         params.stop_token_ids.extend(&self.stop_ids);
         let mut generated_ids: Vec<u32> = Vec::new();
@@ -293,7 +352,7 @@ impl OpenO3Video {
                 }
             }
         };
-        let next_position = ids.len() as i64 + positions.rope_delta;
+        let next_position = ids.len() as i64 + rope_delta;
         let generated = generate(
             &self.model,
             &logits,
@@ -313,6 +372,62 @@ impl OpenO3Video {
             prompt_tokens: ids.len(),
             reused_prefix_tokens: reused,
         })
+    }
+
+    /// Encodes frames sampled at `fps` as one native video (`<|video_pad|>` path, temporal
+    /// M-RoPE with `second_per_grid_t = temporal_patch_size / fps`).
+    pub fn encode_video(&self, frames: &[RgbImage], fps: f64) -> Result<EncodedVideo> {
+        if fps.is_nan() || fps <= 0.0 {
+            return Err(Error::Input(format!("invalid fps {fps}")));
+        }
+        let pixels = self.processor.preprocess_video(frames, true)?;
+        let embeds = self
+            .model
+            .encode_vision(&pixels.to_tensor(self.model.device())?, &pixels.grids)?;
+        Ok(EncodedVideo {
+            grid: pixels.grids[0],
+            second_per_grid_t: (self.processor.config().temporal_patch_size as f64 / fps) as f32,
+            embeds,
+        })
+    }
+
+    /// Answers one question about a native video with the Qwen2.5-VL chat template.
+    pub fn ask_video(
+        &self,
+        video: &EncodedVideo,
+        system_prompt: &str,
+        question: &str,
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let merge = self.processor.config().merge_size;
+        let tokens = video.grid.iter().product::<usize>() / (merge * merge);
+        let text = prompt::video_prompt(system_prompt, question);
+        let ids = prompt::expand_placeholders(
+            &self.tokenizer.encode(&text)?,
+            self.model.config().video_token_id,
+            &[tokens],
+        )?;
+        let positions = mrope_position_ids(
+            &ids,
+            &[],
+            &[video.grid],
+            &[video.second_per_grid_t],
+            &self.model.rope_index_params(),
+        )?;
+        let embeds = self.model.embed(&ids, Some(&video.embeds))?;
+        let mut cache = self.model.new_cache();
+        let logits =
+            self.model
+                .forward_embeds(&embeds, &positions, &mut cache, LogitsMode::Last)?;
+        let prefilled = Prefilled {
+            logits,
+            cache,
+            ids,
+            rope_delta: positions.rope_delta,
+            reused: 0,
+        };
+        self.finish(prefilled, params, on_text)
     }
 
     /// Encodes the frames once, prefills the prefix once and answers every question.
