@@ -44,6 +44,18 @@ impl Default for GenerationParams {
 }
 
 impl GenerationParams {
+    /// The sampling settings of Open-o3 Video's inference example (temperature 0.1, top-p
+    /// 0.001, repetition penalty 1.05, up to 2048 new tokens).
+    pub fn open_o3() -> Self {
+        Self {
+            max_new_tokens: 2048,
+            temperature: 0.1,
+            top_p: 0.001,
+            repetition_penalty: 1.05,
+            ..Self::default()
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let valid = self.temperature >= 0.0
             && self.top_p > 0.0

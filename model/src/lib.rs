@@ -10,6 +10,30 @@
 //! [`model`] (the two joined), and pure, I/O-free preprocessing ([`image`], [`processor`],
 //! [`rope_index`], [`prompt`]). File and network access lives only in [`loading`]; [`pipeline`]
 //! glues everything into the API the worker calls.
+//!
+//! ```no_run
+//! use vidx_model::generation::GenerationParams;
+//! use vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT;
+//! use vidx_model::{LoadOptions, OpenO3Video, RgbImage, TimedFrame};
+//!
+//! # fn main() -> vidx_model::Result<()> {
+//! let pipeline = OpenO3Video::load("/models/Open-o3-Video", &LoadOptions::default())?;
+//! let frames = vec![TimedFrame {
+//!     image: RgbImage::new(640, 360, vec![0; 640 * 360 * 3])?,
+//!     timestamp_seconds: 0.0,
+//! }];
+//! let encoded = pipeline.encode_frames(&frames)?; // one vision tower pass
+//! let prefix = pipeline.prefill(&encoded, OPEN_O3_GROUNDED_SYSTEM_PROMPT, 16.0)?; // one prefill
+//! for question in ["Where is the dog?", "What happens at the end?"] {
+//!     let answer = pipeline.ask(&prefix, question, &GenerationParams::open_o3(), &mut |delta| {
+//!         print!("{delta}");
+//!         true // keep going
+//!     })?;
+//!     println!("\n{:?} after {} tokens", answer.finish, answer.tokens.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
 pub mod generation;

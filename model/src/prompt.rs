@@ -14,6 +14,10 @@ use crate::{Error, Result};
 /// System prompt of Open-o3 Video's grounded free-form QA (think/answer tags).
 pub const OPEN_O3_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively.";
 
+/// System prompt of Open-o3 Video's grounded reasoning (its `eval/inference_example.py`): the
+/// reasoning cites evidence as `<obj>name</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s`.
+pub const OPEN_O3_GROUNDED_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively. All reasoning must be grounded in visual evidence from the video. When you mention any related object, person, or specific visual element in the reasoning process, you must strictly follow the following format: `<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`. The answer part only requires a text response; tags like <obj>, <box>, <t> are not needed.";
+
 /// Default system prompt of the Qwen2.5-VL chat template.
 pub const QWEN_DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
