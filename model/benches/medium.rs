@@ -1,0 +1,319 @@
+//! CPU benchmark of the `medium` preset of `make_qwen_fixture.py` (Qwen2.5-0.5B-like decoder,
+//! 8-block vision tower, 16 frames at 224x448, ~1,050 prompt tokens, random weights), followed
+//! in the same run by the PyTorch reference (`make_qwen_fixture.py --preset medium
+//! --bench-only`) when its virtual environment exists, and the ratios of the two.
+//!
+//! `cargo bench -p vidx-model --bench medium`. Environment: `VIDX_FIXTURE_PYTHON` (default
+//! `/work/venv-fixture/bin/python`), `VIDX_FIXTURE_SCRIPT` (default
+//! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use vidx_model::generation::argmax;
+use vidx_model::model::LogitsMode;
+use vidx_model::processor::Processor;
+use vidx_model::rope_index::{PositionIds, mrope_position_ids};
+use vidx_model::{Config, Model, PreprocessorConfig, RgbImage};
+
+const SPECIAL_BASE: u32 = 151_643;
+const FRAMES: usize = 16;
+const HEIGHT: usize = 224;
+const WIDTH: usize = 448;
+const FPS: f64 = 2.0;
+const GEN_TOKENS: usize = 16;
+
+fn medium_config() -> Result<Config> {
+    let id = |i: u32| SPECIAL_BASE + i;
+    let json = serde_json::json!({
+        "vocab_size": 151_936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+        "max_position_embeddings": 32768, "tie_word_embeddings": true,
+        "bos_token_id": id(0), "eos_token_id": id(2), "vision_start_token_id": id(9),
+        "vision_end_token_id": id(10), "image_token_id": id(12), "video_token_id": id(13),
+        "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
+        "vision_config": {"depth": 8, "hidden_size": 320, "intermediate_size": 864, "num_heads": 4,
+            "in_chans": 3, "out_hidden_size": 896, "patch_size": 14, "spatial_merge_size": 2,
+            "window_size": 112, "fullatt_block_indexes": [3, 7], "tokens_per_second": 2,
+            "temporal_patch_size": 2}
+    });
+    Ok(Config::from_json(&json.to_string())?)
+}
+
+/// Random weights with O(1) activations: unit norms, small biases, 1/sqrt(fan_in) matrices.
+struct RandomWeights;
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let dims = s.dims().to_vec();
+        let t = if dims.len() == 1 && (name.contains("norm") || name.contains("ln_q")) {
+            Tensor::ones(s, DType::F32, dev)?
+        } else if dims.len() == 1 {
+            (Tensor::randn(0f32, 1f32, s, dev)? * 0.02)?
+        } else if name.contains("embed_tokens") {
+            Tensor::randn(0f32, 1f32, s, dev)?
+        } else {
+            let fan_in: usize = dims[1..].iter().product();
+            (Tensor::randn(0f32, 1f32, s, dev)? / (fan_in as f64).sqrt())?
+        };
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random backend needs a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn frames() -> Result<Vec<RgbImage>> {
+    (0..FRAMES)
+        .map(|t| {
+            let mut data = Vec::with_capacity(HEIGHT * WIDTH * 3);
+            for y in 0..HEIGHT {
+                for x in 0..WIDTH {
+                    for c in 0..3 {
+                        data.push(
+                            ((37 * t + 3 * x + 5 * y + 80 * c + 4 * ((x * y + 7 * t) % 17)) % 256)
+                                as u8,
+                        );
+                    }
+                }
+            }
+            Ok(RgbImage::new(WIDTH, HEIGHT, data)?)
+        })
+        .collect()
+}
+
+/// The video prompt of the reference's medium case: chat template around one video.
+fn prompt_ids(video_tokens: usize) -> Vec<u32> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut text = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % u64::from(SPECIAL_BASE)) as u32
+            })
+            .collect()
+    };
+    let (im_start, im_end) = (SPECIAL_BASE + 1, SPECIAL_BASE + 2);
+    let mut ids = vec![im_start];
+    ids.extend(text(8));
+    ids.extend([im_end]);
+    ids.extend(text(1));
+    ids.push(im_start);
+    ids.extend(text(2));
+    ids.push(SPECIAL_BASE + 9);
+    ids.extend(std::iter::repeat_n(SPECIAL_BASE + 13, video_tokens));
+    ids.push(SPECIAL_BASE + 10);
+    ids.extend(text(4));
+    ids.push(im_end);
+    ids.extend(text(1));
+    ids.push(im_start);
+    ids.extend(text(2));
+    ids
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Figures {
+    vision_s: f64,
+    prefill_s: f64,
+    decode_ms: f64,
+    peak_mib: Option<f64>,
+}
+
+fn run_candle(repeats: usize) -> Result<Figures> {
+    let device = Device::Cpu;
+    let config = medium_config()?;
+    let start = Instant::now();
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+    let model = Model::new(&config, vb)?;
+    println!(
+        "candle: model built in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    let processor = Processor::new(PreprocessorConfig::default());
+    let pixels = processor.preprocess_video(&frames()?, false)?;
+    let pixel_tensor = pixels.to_tensor(&device)?;
+    let video_tokens = pixels.tokens_per_grid(2)[0];
+    let ids = prompt_ids(video_tokens);
+    let spgt = [2.0 / FPS as f32];
+    let positions =
+        mrope_position_ids(&ids, &[], &pixels.grids, &spgt, &model.rope_index_params())?;
+    println!(
+        "candle: prompt_len {} video_tokens {video_tokens} patches {} grid {:?}",
+        ids.len(),
+        pixels.rows,
+        pixels.grids
+    );
+    let (mut vision, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..repeats {
+        let t0 = Instant::now();
+        model.encode_vision(&pixel_tensor, &pixels.grids)?;
+        vision.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        let embeds = model.encode_vision(&pixel_tensor, &pixels.grids)?;
+        let inputs = model.embed(&ids, Some(&embeds))?;
+        let mut cache = model.new_cache();
+        let logits = model.forward_embeds(&inputs, &positions, &mut cache, LogitsMode::Last)?;
+        let mut token = argmax(&logits.flatten_all()?.to_vec1()?);
+        prefill.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        for k in 0..GEN_TOKENS {
+            let position = ids.len() as i64 + k as i64 + positions.rope_delta;
+            let e = model.embed(&[token], None)?;
+            let l = model.forward_embeds(
+                &e,
+                &PositionIds::text(position, 1),
+                &mut cache,
+                LogitsMode::Last,
+            )?;
+            token = argmax(&l.flatten_all()?.to_vec1()?);
+        }
+        decode.push(t0.elapsed().as_secs_f64() * 1000.0 / GEN_TOKENS as f64);
+        println!(
+            "candle repeat {r}: vision {:.2}s prefill(total) {:.2}s decode {:.1} ms/token",
+            vision[r], prefill[r], decode[r]
+        );
+    }
+    Ok(Figures {
+        vision_s: median(&vision),
+        prefill_s: median(&prefill),
+        decode_ms: median(&decode),
+        peak_mib: peak_rss_mib(),
+    })
+}
+
+fn run_pytorch(python: &Path, script: &Path, repeats: usize) -> Result<Figures> {
+    let out = std::env::temp_dir().join(format!("vidx-bench-medium-{}", std::process::id()));
+    let wrapper = "import resource, runpy, sys\n\
+                   sys.argv = sys.argv[1:]\n\
+                   try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n\
+                   finally:\n    print('VIDX_PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n";
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(wrapper)
+        .arg(script)
+        .args([
+            "--preset",
+            "medium",
+            "--bench-only",
+            "--bench-repeats",
+            &repeats.to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .context("starting the pytorch reference")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!(
+            "pytorch reference failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("meta.json"))?)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let bench = &meta["bench"];
+    let list = |k: &str| -> Result<Vec<f64>> {
+        serde_json::from_value(bench[k].clone()).with_context(|| format!("bench field {k}"))
+    };
+    let peak_mib = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("VIDX_PEAK_KIB "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0);
+    Ok(Figures {
+        vision_s: median(&list("vision_tower_s")?),
+        prefill_s: median(&list("prefill_total_s(vision+text, logits_to_keep=1)")?),
+        decode_ms: median(&list("decode_ms_per_token")?),
+        peak_mib,
+    })
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let repeats: usize = std::env::var("VIDX_BENCH_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let candle = run_candle(repeats)?;
+    let python = std::env::var_os("VIDX_FIXTURE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/venv-fixture/bin/python"));
+    let script = std::env::var_os("VIDX_FIXTURE_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/make_qwen_fixture.py")
+        });
+    let fmt_mem = |m: Option<f64>| {
+        m.map(|v| format!("{v:.0} MiB"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!("\nmedium preset, f32, CPU (medians of {repeats} repeats)");
+    println!("{:<28}{:>14}{:>14}{:>10}", "", "candle", "pytorch", "ratio");
+    if !python.is_file() || !script.is_file() {
+        println!(
+            "vision tower        {:.2}s\nvision+prefill      {:.2}s\ndecode              {:.1} ms/token\npeak memory         {}",
+            candle.vision_s,
+            candle.prefill_s,
+            candle.decode_ms,
+            fmt_mem(candle.peak_mib)
+        );
+        println!(
+            "pytorch reference skipped: {} or {} missing",
+            python.display(),
+            script.display()
+        );
+        return Ok(());
+    }
+    let torch = run_pytorch(&python, &script, repeats)?;
+    let row = |name: &str, c: f64, t: f64, unit: &str| {
+        println!(
+            "{name:<28}{:>12.2}{unit:<2}{:>12.2}{unit:<2}{:>10.2}",
+            c,
+            t,
+            c / t
+        );
+    };
+    println!("\nmedium preset, f32, CPU (medians of {repeats} repeats; ratio = candle / pytorch)");
+    row("vision tower", candle.vision_s, torch.vision_s, "s");
+    row("vision+prefill", candle.prefill_s, torch.prefill_s, "s");
+    row("decode (ms/token)", candle.decode_ms, torch.decode_ms, "ms");
+    match (candle.peak_mib, torch.peak_mib) {
+        (Some(c), Some(t)) => row("peak RSS (MiB)", c, t, ""),
+        (c, t) => println!("peak memory: candle {} pytorch {}", fmt_mem(c), fmt_mem(t)),
+    }
+    Ok(())
+}
