@@ -99,13 +99,19 @@ pub async fn drive(
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     continue;
                 }
-                for job in leased {
-                    client
-                        .complete(&job.job.job_id, &job.lease_id, &Completion::default())
-                        .await?;
-                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    completed.push(job.job.job_id);
-                }
+                // Completions of one batch go out together on the client's one connection, as
+                // a worker with several slots would send them.
+                let completions = leased.iter().map(|job| {
+                    let mut client = client.clone();
+                    async move {
+                        client
+                            .complete(&job.job.job_id, &job.lease_id, &Completion::default())
+                            .await
+                    }
+                });
+                futures::future::try_join_all(completions).await?;
+                done.fetch_add(leased.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                completed.extend(leased.into_iter().map(|job| job.job.job_id));
             }
             Ok::<_, anyhow::Error>((completed, lease_calls))
         });

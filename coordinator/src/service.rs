@@ -193,7 +193,7 @@ impl Coordinator {
     }
 
     /// Records a job done.
-    #[instrument(skip_all, fields(%job_id))]
+    #[instrument(level = "debug", skip_all, fields(%job_id))]
     pub async fn complete(
         &self,
         job_id: &str,
@@ -216,7 +216,7 @@ impl Coordinator {
     }
 
     /// Records a job failed.
-    #[instrument(skip_all, fields(%job_id))]
+    #[instrument(level = "debug", skip_all, fields(%job_id))]
     pub async fn fail(
         &self,
         job_id: &str,
