@@ -1,1 +1,3 @@
 //! The vidx worker.
+
+pub mod evidence;
