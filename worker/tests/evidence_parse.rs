@@ -360,3 +360,44 @@ fn several_think_blocks_are_joined() {
     assert_eq!(parsed.think.as_deref(), Some("one\ntwo"));
     assert_eq!(parsed.answer.as_deref(), Some("a\nb"));
 }
+
+/// Prints parse throughput; run with
+/// `cargo test -p vidx-worker --release --test evidence_parse -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check"]
+fn parse_throughput() {
+    let mut repetition = String::from("<think>The man is walking. ");
+    while repetition.len() < 50_000 {
+        repetition.push_str("<obj>man</obj><box>[249,60,395,252]</box>at<t>9.0</t>s is walking, ");
+    }
+    let mut distinct = String::from("<think>");
+    let mut index = 0;
+    while distinct.len() < 50_000 {
+        distinct.push_str(&format!(
+            "<obj>person {index}</obj><box>[1,{},90,99]</box>at<t>{}.5</t>s and ",
+            index % 90,
+            index % 30
+        ));
+        index += 1;
+    }
+    distinct.push_str("</think><answer>People.</answer>");
+    for (name, raw) in [
+        ("50 KB repetition loop", &repetition),
+        ("50 KB distinct claims", &distinct),
+    ] {
+        let rounds: usize = 200;
+        let started = std::time::Instant::now();
+        let mut claims = 0;
+        for _ in 0..rounds {
+            claims += parse(raw).claims.len();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let megabytes = (raw.len() * rounds) as f64 / 1e6;
+        eprintln!(
+            "{name}: {:.2} ms per parse, {:.0} MB/s, {} claims",
+            seconds * 1000.0 / rounds as f64,
+            megabytes / seconds,
+            claims / rounds
+        );
+    }
+}

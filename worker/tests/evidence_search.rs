@@ -192,3 +192,28 @@ async fn search_reads_the_index_tables() -> anyhow::Result<()> {
     assert_eq!(hits[1].answer.as_deref(), Some("A car passes a dog."));
     Ok(())
 }
+
+/// Prints build and query times on 100,000 claims; run with
+/// `cargo test -p vidx-worker --release --test evidence_search -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check"]
+fn search_timing() {
+    let claims: Vec<ClaimRow> = (0..CLAIMS).map(claim_row).collect();
+    let answers: Vec<AnswerRow> = (0..1000).map(answer_row).collect();
+    let started = std::time::Instant::now();
+    let index = SearchIndex::build(claims, answers);
+    eprintln!(
+        "build over {CLAIMS} claims: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    for query in ["red car", "dog", "firetruck", "umbrella door"] {
+        let started = std::time::Instant::now();
+        let rounds = 100;
+        let mut found = 0;
+        for _ in 0..rounds {
+            found = index.search(query, 50).len();
+        }
+        let per_query = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
+        eprintln!("query {query:?}: {per_query:.3} ms, {found} hits shown");
+    }
+}

@@ -349,7 +349,7 @@ struct Parser<'a> {
     sections: Vec<Section>,
     context: &'a ParseContext,
     output: ParsedOutput,
-    seen_claims: HashSet<String>,
+    seen_claims: HashSet<ClaimKey>,
 }
 
 /// Parses one raw model output. Never fails: whatever is invalid is dropped and recorded.
@@ -785,19 +785,16 @@ fn is_span_connector(text: &str) -> bool {
         .any(|word| trimmed.eq_ignore_ascii_case(word))
 }
 
-fn claim_key(object: &str, boxes: &[BoundingBox], time_s: Option<f64>) -> String {
-    let mut key = object.to_lowercase();
-    for bounding_box in boxes {
-        for value in bounding_box.to_array() {
-            key.push('|');
-            key.push_str(&value.to_string());
-        }
-    }
-    key.push('@');
-    if let Some(time) = time_s {
-        key.push_str(&time.to_string());
-    }
-    key
+/// Identity of a claim for spotting repeats: lowercased object, box coordinates and time as bits.
+type ClaimKey = (String, Vec<u64>, Option<u64>);
+
+fn claim_key(object: &str, boxes: &[BoundingBox], time_s: Option<f64>) -> ClaimKey {
+    let coordinates = boxes
+        .iter()
+        .flat_map(|bounding_box| bounding_box.to_array())
+        .map(f64::to_bits)
+        .collect();
+    (object.to_lowercase(), coordinates, time_s.map(f64::to_bits))
 }
 
 /// Parses the inside of `<box>`: `[x1,y1,x2,y2]`, with spaces or floats, without brackets, or

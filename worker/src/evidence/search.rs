@@ -162,23 +162,45 @@ impl SearchIndex {
             }
             matches.push((row, score));
         }
-        let mut hits: Vec<SearchHit> = matches
+        // Order the (row, score) pairs before building hits, so only `limit` rows are cloned.
+        matches.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| self.compare_rows(a.0 as usize, b.0 as usize))
+        });
+        matches.truncate(limit);
+        matches
             .into_iter()
             .map(|(row, score)| self.hit(row as usize, score))
-            .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .cmp(&a.score)
-                .then_with(|| a.video_url.cmp(&b.video_url))
-                .then_with(|| a.segment_index.cmp(&b.segment_index))
-                .then_with(|| {
-                    a.time_s
-                        .unwrap_or(f64::MAX)
-                        .total_cmp(&b.time_s.unwrap_or(f64::MAX))
-                })
-        });
-        hits.truncate(limit);
-        hits
+            .collect()
+    }
+
+    /// Video URL, segment and time of a row (answers sort at their segment start).
+    fn order_key(&self, row: usize) -> (&str, i64, f64) {
+        match self.claims.get(row) {
+            Some(claim) => (
+                &claim.video_url,
+                claim.segment_index,
+                claim.time_s.unwrap_or(f64::MAX),
+            ),
+            None => {
+                let answer = &self.answers[row - self.claims.len()];
+                (
+                    &answer.video_url,
+                    answer.segment_index,
+                    answer.segment_start_s,
+                )
+            }
+        }
+    }
+
+    fn compare_rows(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        let (url_a, segment_a, time_a) = self.order_key(a);
+        let (url_b, segment_b, time_b) = self.order_key(b);
+        url_a
+            .cmp(url_b)
+            .then(segment_a.cmp(&segment_b))
+            .then(time_a.total_cmp(&time_b))
+            .then(a.cmp(&b))
     }
 
     fn hit(&self, row: usize, score: u32) -> SearchHit {
