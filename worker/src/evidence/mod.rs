@@ -7,6 +7,28 @@
 //! pure function of video, model and task. At the end of a pass [`table`] and [`store`] write the
 //! corpus-level claims and answers tables (JSON Lines and Parquet) and the pass manifest. [`search`]
 //! and [`report`] read the index back. The layout is documented in `SCHEMA.md` beside this file.
+//!
+//! A worker indexing one video:
+//!
+//! ```text
+//! let index = EvidenceIndex::from_url("s3://bucket/index")?;
+//! let key = index.document_key(&video, &model, &task.hash());
+//! if index.is_indexed(&key).await? { /* record AlreadyIndexed and move on */ }
+//! let mut builder = VideoDocumentBuilder::new(DocumentHeader { video, probe, model, task, geometry });
+//! for segment in segments {
+//!     builder.add_segment(SegmentClock::new(index, start_s, end_s, frame_times_s)?)?;
+//!     // prompt frames as clock.frame_label(i) = "Frame i+1 at Xs" (segment-relative X)
+//!     let thumbnail = index.put_thumbnail(&key, segment, frame, encoded_jpeg).await?;
+//!     builder.set_thumbnail(segment, frame, thumbnail)?;
+//!     for question in &task.questions {
+//!         let raw = model.generate(OPEN_O3_SYSTEM_PROMPT, &question.prompt_text(), &frames)?;
+//!         builder.record_answer(segment, &question.id, &raw)?;
+//!     }
+//! }
+//! index.write_document(&builder.finish()).await?;          // last: its presence means done
+//! // at pass end, on one node:
+//! index.finish_pass(manifest).await?;                       // tables + manifest
+//! ```
 
 pub mod document;
 pub mod mapping;

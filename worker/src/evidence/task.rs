@@ -332,6 +332,20 @@ impl Task {
         })
     }
 
+    /// The indexing question followed by one question per moderation category, so one pass (and
+    /// one encoding of each segment's frames) serves both.
+    pub fn index_and_moderation(policy: ModerationPolicy) -> Result<Self> {
+        let mut task = Self::moderation(policy)?;
+        if task.question(INDEX_QUESTION_ID).is_some() {
+            return Err(Error::InvalidTask(format!(
+                "category name {INDEX_QUESTION_ID:?} is reserved for the indexing question"
+            )));
+        }
+        task.questions.insert(0, Self::index().questions.remove(0));
+        task.name = "index_and_moderation".into();
+        Ok(task)
+    }
+
     /// The question with this id.
     pub fn question(&self, id: &str) -> Option<&Question> {
         self.questions.iter().find(|question| question.id == id)
@@ -509,6 +523,28 @@ categories:
         assert!(answer_means("A.", "(a)"));
         assert!(!answer_means("B", "A"));
         assert!(!answer_means("yes", "?"));
+    }
+
+    #[test]
+    fn index_and_moderation_share_a_task() {
+        let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
+        let task = Task::index_and_moderation(policy).unwrap();
+        let ids: Vec<&str> = task
+            .questions
+            .iter()
+            .map(|question| question.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["index", "weapons", "smoking"]);
+        assert!(task.category_for(&task.questions[0]).is_none());
+        assert_eq!(
+            task.category_for(&task.questions[2]).unwrap().severity,
+            Severity::Low
+        );
+        let reserved = ModerationPolicy::from_yaml(
+            "categories:\n  - {name: index, question: q, flagged_answer: 'yes', severity: low}\n",
+        )
+        .unwrap();
+        assert!(Task::index_and_moderation(reserved).is_err());
     }
 
     #[test]
