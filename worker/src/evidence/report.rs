@@ -144,7 +144,7 @@ fn render_video(html: &mut String, video: &ReportVideo, images: &HashMap<String,
         escape(&document.model.id),
         escape(&document.model.revision),
         escape(&document.task.task.name),
-        escape(&document.task.hash[..document.task.hash.len().min(12)]),
+        escape(&document.task.hash.chars().take(12).collect::<String>()),
     );
     if document.is_flagged() {
         html.push_str("<div class=\"flags\">");
