@@ -8,7 +8,8 @@ packages=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
   protobuf-compiler ffmpeg redis-server redis-tools
-  python3-pip
+  python3-pip python3-venv
+  chromium fonts-dejavu-core
 )
 
 missing=()
@@ -25,3 +26,11 @@ if ((${#missing[@]})); then
 fi
 
 # A Redis that some distributions start as a service is not used: tests start their own on a free port.
+
+# Python tools the tests use to read what vidx writes (the evidence tables open in pyarrow and
+# DuckDB), in a venv at the repository root (ignored by git). VIDX_PYTHON overrides it in tests.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
+  python3 -m venv "$repo_root/venv"
+  "$repo_root/venv/bin/pip" install -q pyarrow duckdb
+fi

@@ -40,6 +40,10 @@ pub enum Command {
     Passes(PassesArgs),
     /// List a pass's jobs.
     Jobs(JobsArgs),
+    /// Search an evidence index for claims and answers.
+    Search(crate::commands::evidence::SearchArgs),
+    /// Write a static HTML report of an evidence index.
+    Report(crate::commands::evidence::ReportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{coordinator, passes};
+use vidx::commands::{coordinator, evidence, passes};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -37,8 +37,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel(args) => passes::cancel(args).await,
         Command::Passes(args) => passes::passes(args).await,
         Command::Jobs(args) => passes::jobs(args).await,
+        Command::Search(args) => print(evidence::search(&args).await?),
+        Command::Report(args) => print(evidence::report(&args).await?),
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
     }
+}
+
+fn print(text: String) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).

@@ -1,6 +1,7 @@
 //! One module per group of subcommands; each turns parsed flags into a validated config and runs.
 
 pub mod coordinator;
+pub mod evidence;
 pub mod passes;
 
 use anyhow::{Context, Result};

@@ -2,4 +2,5 @@
 //! probe, sample, reason, write evidence), keeps its lease alive with heartbeats, and reports the
 //! outcome. [`runtime`] is the loop; the work itself sits behind [`runtime::Processor`].
 
+pub mod evidence;
 pub mod runtime;

@@ -1,0 +1,561 @@
+//! What the worker asks the model: the Open-o3 Video prompts, the default indexing question,
+//! free-form and multiple-choice questions, and moderation policies with their verdict logic.
+//!
+//! A [`Task`] is the list of questions asked of every segment. Its [`Task::hash`] covers everything
+//! that changes the model's input (system prompt, question texts and kinds, policy), so an index
+//! entry written under one hash is never mistaken for the answers to another task.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::parse::ParsedOutput;
+use super::{Error, Result};
+
+/// The system prompt Open-o3 Video was trained with for grounded free-form questions, verbatim.
+pub const OPEN_O3_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively. All reasoning must be grounded in visual evidence from the video. When you mention any related object, person, or specific visual element in the reasoning process, you must strictly follow the following format: `<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`. The answer part only requires a text response; tags like <obj>, <box>, <t> are not needed.";
+
+/// Appended to a multiple-choice question.
+pub const MULTIPLE_CHOICE_SUFFIX: &str =
+    "Only output the correct option in the <answer> </answer> section.";
+
+/// The default indexing question: what is in the segment, grounded.
+pub const DEFAULT_INDEX_QUESTION: &str = "Describe this video segment for a search index. Identify the main objects, the people, the actions they perform and any text shown on screen. Ground every object, person and text you mention with its bounding box and the time you see it. In the answer, give a concise description that names the main objects, people, actions and on-screen text.";
+
+/// Question id of the default indexing question.
+pub const INDEX_QUESTION_ID: &str = "index";
+
+/// What kind of question this is, which decides how its prompt is built and its answer read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QuestionKind {
+    /// The default indexing question.
+    Index,
+    /// A free-form question.
+    FreeForm,
+    /// A multiple-choice question; the prompt gets [`MULTIPLE_CHOICE_SUFFIX`].
+    MultipleChoice,
+    /// The question of a moderation category.
+    Moderation {
+        /// The category's name.
+        category: String,
+    },
+}
+
+impl QuestionKind {
+    /// Short label used in tables: `index`, `free_form`, `multiple_choice`, `moderation`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            QuestionKind::Index => "index",
+            QuestionKind::FreeForm => "free_form",
+            QuestionKind::MultipleChoice => "multiple_choice",
+            QuestionKind::Moderation { .. } => "moderation",
+        }
+    }
+}
+
+/// One question asked of every segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// Stable id within the task: letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// How the prompt is built and the answer read.
+    #[serde(flatten)]
+    pub kind: QuestionKind,
+    /// The question as written by the user.
+    pub text: String,
+}
+
+impl Question {
+    /// The user-turn text sent to the model after the frames.
+    pub fn prompt_text(&self) -> String {
+        match self.kind {
+            QuestionKind::MultipleChoice => {
+                format!("{} {MULTIPLE_CHOICE_SUFFIX}", self.text.trim_end())
+            }
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// How bad a moderation finding is; ordered from least to most severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Needs review.
+    Medium,
+    /// Needs prompt review.
+    High,
+    /// Act now.
+    Critical,
+}
+
+/// One moderation category of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    /// Name, unique in the policy: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The question asked of each segment.
+    pub question: String,
+    /// The answer that means "flagged", e.g. `yes`; compared case- and punctuation-insensitively.
+    pub flagged_answer: String,
+    /// How bad a flag in this category is.
+    pub severity: Severity,
+    /// A flag needs at least this many grounded claims (box and time); none means the answer alone
+    /// decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_grounded_claims: Option<u32>,
+}
+
+/// A moderation policy: a YAML file of categories.
+///
+/// ```yaml
+/// categories:
+///   - name: weapons
+///     question: Is anyone holding a weapon? Answer yes or no.
+///     flagged_answer: "yes"
+///     severity: high
+///     min_grounded_claims: 1
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationPolicy {
+    /// The categories, in the order they are asked.
+    pub categories: Vec<Category>,
+}
+
+impl ModerationPolicy {
+    /// Parses and validates a policy from YAML; errors name the line or the category at fault.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let policy: ModerationPolicy = serde_yaml_ng::from_str(text).map_err(|error| {
+            let place = error
+                .location()
+                .map(|at| format!("line {} column {}: ", at.line(), at.column()));
+            Error::InvalidPolicy(format!("{}{error}", place.unwrap_or_default()))
+        })?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Checks names, questions and answers.
+    pub fn validate(&self) -> Result<()> {
+        if self.categories.is_empty() {
+            return Err(Error::InvalidPolicy("the policy has no categories".into()));
+        }
+        let mut names = HashSet::new();
+        for (position, category) in self.categories.iter().enumerate() {
+            let label = format!("category {} ({:?})", position + 1, category.name);
+            if !is_identifier(&category.name) {
+                return Err(Error::InvalidPolicy(format!(
+                    "{label}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if !names.insert(category.name.as_str()) {
+                return Err(Error::InvalidPolicy(format!("{label}: name is used twice")));
+            }
+            if category.question.trim().is_empty() {
+                return Err(Error::InvalidPolicy(format!("{label}: question is empty")));
+            }
+            if normalize_answer(&category.flagged_answer).is_empty() {
+                return Err(Error::InvalidPolicy(format!(
+                    "{label}: flagged_answer has no letters or digits"
+                )));
+            }
+            if category
+                .min_grounded_claims
+                .is_some_and(|minimum| minimum > 1000)
+            {
+                return Err(Error::InvalidPolicy(format!(
+                    "{label}: min_grounded_claims is above 1000"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The verdict of one moderation category on one answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The category's name.
+    pub category: String,
+    /// The category's severity.
+    pub severity: Severity,
+    /// Whether the segment is flagged.
+    pub flagged: bool,
+    /// Whether the answer matched the category's flagged answer.
+    pub answer_matched: bool,
+    /// How many grounded claims the output carried.
+    pub grounded_claims: usize,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+/// Decides a category's verdict from a parsed output: flagged when the answer means the flagged
+/// answer and the output carries at least the category's minimum of grounded claims.
+pub fn verdict(category: &Category, parsed: &ParsedOutput) -> Verdict {
+    let grounded_claims = parsed.grounded_claims().count();
+    let answer_matched = parsed
+        .answer
+        .as_deref()
+        .is_some_and(|answer| answer_means(answer, &category.flagged_answer));
+    let minimum = category.min_grounded_claims.unwrap_or(0) as usize;
+    let (flagged, reason) = match (answer_matched, grounded_claims >= minimum) {
+        (false, _) if parsed.answer.is_none() => (false, "no answer".to_owned()),
+        (false, _) => (false, "answer does not match".to_owned()),
+        (true, false) => (
+            false,
+            format!("answer matches but only {grounded_claims} of {minimum} grounded claims"),
+        ),
+        (true, true) => (true, "answer matches".to_owned()),
+    };
+    Verdict {
+        category: category.name.clone(),
+        severity: category.severity,
+        flagged,
+        answer_matched,
+        grounded_claims,
+        reason,
+    }
+}
+
+/// Whether `answer` means `expected`: equal after normalising, or starting with it as a whole word
+/// (`Yes, a knife is visible` means `yes`; `Yesterday` does not). Options like `(A)` or `A.` compare
+/// as `a`.
+pub fn answer_means(answer: &str, expected: &str) -> bool {
+    let answer = normalize_answer(answer);
+    let expected = normalize_answer(expected);
+    if expected.is_empty() {
+        return false;
+    }
+    answer == expected
+        || answer
+            .strip_prefix(&expected)
+            .is_some_and(|rest| rest.starts_with(' '))
+}
+
+/// Lowercases and reduces to words of letters and digits separated by single spaces.
+fn normalize_answer(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The questions asked of every segment of a pass, and the moderation policy they came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Human-readable name, e.g. `index` or `moderation`.
+    pub name: String,
+    /// Questions, in the order asked.
+    pub questions: Vec<Question>,
+    /// The policy, for moderation tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ModerationPolicy>,
+}
+
+impl Task {
+    /// The default indexing task: one grounded description per segment.
+    pub fn index() -> Self {
+        Self {
+            name: "index".into(),
+            questions: vec![Question {
+                id: INDEX_QUESTION_ID.into(),
+                kind: QuestionKind::Index,
+                text: DEFAULT_INDEX_QUESTION.into(),
+            }],
+            policy: None,
+        }
+    }
+
+    /// A task of free-form questions, ids `q1`, `q2`, ...
+    pub fn free_form(questions: &[&str]) -> Result<Self> {
+        Self::from_questions("questions", questions, QuestionKind::FreeForm)
+    }
+
+    /// A task of multiple-choice questions (options written in the question), ids `q1`, `q2`, ...
+    pub fn multiple_choice(questions: &[&str]) -> Result<Self> {
+        Self::from_questions("multiple_choice", questions, QuestionKind::MultipleChoice)
+    }
+
+    fn from_questions(name: &str, questions: &[&str], kind: QuestionKind) -> Result<Self> {
+        if questions.is_empty() || questions.iter().any(|question| question.trim().is_empty()) {
+            return Err(Error::InvalidTask("every question must have text".into()));
+        }
+        let questions = questions
+            .iter()
+            .enumerate()
+            .map(|(index, text)| Question {
+                id: format!("q{}", index + 1),
+                kind: kind.clone(),
+                text: text.trim().to_owned(),
+            })
+            .collect();
+        Ok(Self {
+            name: name.into(),
+            questions,
+            policy: None,
+        })
+    }
+
+    /// A moderation task: one question per category, id = category name.
+    pub fn moderation(policy: ModerationPolicy) -> Result<Self> {
+        policy.validate()?;
+        let questions = policy
+            .categories
+            .iter()
+            .map(|category| Question {
+                id: category.name.clone(),
+                kind: QuestionKind::Moderation {
+                    category: category.name.clone(),
+                },
+                text: category.question.trim().to_owned(),
+            })
+            .collect();
+        Ok(Self {
+            name: "moderation".into(),
+            questions,
+            policy: Some(policy),
+        })
+    }
+
+    /// The indexing question followed by one question per moderation category, so one pass (and
+    /// one encoding of each segment's frames) serves both.
+    pub fn index_and_moderation(policy: ModerationPolicy) -> Result<Self> {
+        let mut task = Self::moderation(policy)?;
+        if task.question(INDEX_QUESTION_ID).is_some() {
+            return Err(Error::InvalidTask(format!(
+                "category name {INDEX_QUESTION_ID:?} is reserved for the indexing question"
+            )));
+        }
+        task.questions.insert(0, Self::index().questions.remove(0));
+        task.name = "index_and_moderation".into();
+        Ok(task)
+    }
+
+    /// The question with this id.
+    pub fn question(&self, id: &str) -> Option<&Question> {
+        self.questions.iter().find(|question| question.id == id)
+    }
+
+    /// The moderation category behind a question, if any.
+    pub fn category_for(&self, question: &Question) -> Option<&Category> {
+        let QuestionKind::Moderation { category } = &question.kind else {
+            return None;
+        };
+        self.policy
+            .as_ref()?
+            .categories
+            .iter()
+            .find(|candidate| &candidate.name == category)
+    }
+
+    /// Hex SHA-256 over the system prompt, the task and its policy, as canonical JSON. Any change to
+    /// what the model is asked changes the hash, and so the key the answers are stored under.
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"vidx.task/v1\n");
+        hasher.update(OPEN_O3_SYSTEM_PROMPT.as_bytes());
+        hasher.update(b"\n");
+        // Serialising a struct of strings and enums cannot fail.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hasher.update(&canonical);
+        hex(&hasher.finalize())
+    }
+}
+
+/// Lowercase hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::{ParseContext, parse_output};
+    use super::*;
+
+    const POLICY: &str = "
+categories:
+  - name: weapons
+    question: Is anyone holding a weapon? Answer yes or no.
+    flagged_answer: 'yes'
+    severity: high
+    min_grounded_claims: 1
+  - name: smoking
+    question: Is anyone smoking?
+    flagged_answer: 'Yes'
+    severity: low
+";
+
+    #[test]
+    fn system_prompt_is_the_trained_one() {
+        assert!(OPEN_O3_SYSTEM_PROMPT.starts_with("A conversation between user and assistant."));
+        assert!(
+            OPEN_O3_SYSTEM_PROMPT.contains(
+                "`<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`"
+            )
+        );
+        assert!(OPEN_O3_SYSTEM_PROMPT.ends_with("tags like <obj>, <box>, <t> are not needed."));
+    }
+
+    #[test]
+    fn multiple_choice_prompt_gets_suffix() {
+        let task =
+            Task::multiple_choice(&["What is the man doing? (A) running (B) sitting"]).unwrap();
+        assert_eq!(
+            task.questions[0].prompt_text(),
+            "What is the man doing? (A) running (B) sitting Only output the correct option in the <answer> </answer> section."
+        );
+        let task = Task::free_form(&["Where is the dog?"]).unwrap();
+        assert_eq!(task.questions[0].prompt_text(), "Where is the dog?");
+        assert!(Task::free_form(&[" "]).is_err());
+    }
+
+    #[test]
+    fn policy_parses_and_builds_task() {
+        let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
+        assert_eq!(policy.categories.len(), 2);
+        assert_eq!(policy.categories[0].severity, Severity::High);
+        assert_eq!(policy.categories[1].min_grounded_claims, None);
+        let task = Task::moderation(policy).unwrap();
+        assert_eq!(task.questions[1].id, "smoking");
+        let category = task.category_for(&task.questions[0]).unwrap();
+        assert_eq!(category.name, "weapons");
+    }
+
+    #[test]
+    fn policy_errors_are_clear() {
+        let cases = [
+            ("categories: []", "no categories"),
+            (
+                "categories:\n  - name: a\n    question: q\n    flagged_answer: 'yes'\n    severity: huge\n",
+                "line 5",
+            ),
+            (
+                "categories:\n  - name: a\n    question: q\n    flagged_answer: 'yes'\n    severity: low\n    colour: red\n",
+                "unknown field `colour`",
+            ),
+            (
+                "categories:\n  - name: a\n    question: q\n    severity: low\n",
+                "missing field `flagged_answer`",
+            ),
+            (
+                "categories:\n  - name: a b\n    question: q\n    flagged_answer: 'yes'\n    severity: low\n",
+                "category 1 (\"a b\"): name",
+            ),
+            (
+                "categories:\n  - {name: a, question: q, flagged_answer: 'yes', severity: low}\n  - {name: a, question: r, flagged_answer: 'no', severity: low}\n",
+                "category 2 (\"a\"): name is used twice",
+            ),
+            (
+                "categories:\n  - {name: a, question: ' ', flagged_answer: 'yes', severity: low}\n",
+                "question is empty",
+            ),
+            (
+                "categories:\n  - {name: a, question: q, flagged_answer: '?!', severity: low}\n",
+                "flagged_answer has no letters",
+            ),
+            ("categories: [", "line"),
+        ];
+        for (yaml, expected) in cases {
+            let message = ModerationPolicy::from_yaml(yaml).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{yaml:?}: {message:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_answer_and_grounding() {
+        let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
+        let weapons = &policy.categories[0];
+        let smoking = &policy.categories[1];
+        let context = ParseContext::new(448, 252, Some(30.0));
+        let grounded = parse_output(
+            "<think>A <obj>knife</obj><box>[10,10,50,60]</box>at<t>3.0</t>s in his hand.</think><answer>Yes.</answer>",
+            &context,
+        );
+        let ungrounded = parse_output(
+            "<think>I think there is a knife.</think><answer>yes</answer>",
+            &context,
+        );
+        let negative = parse_output(
+            "<think>Nothing.</think><answer>No, nobody is.</answer>",
+            &context,
+        );
+        let no_answer = parse_output("<think>Nothing.", &context);
+
+        assert!(verdict(weapons, &grounded).flagged);
+        let verdict_ungrounded = verdict(weapons, &ungrounded);
+        assert!(!verdict_ungrounded.flagged && verdict_ungrounded.answer_matched);
+        assert!(verdict_ungrounded.reason.contains("only 0 of 1"));
+        assert!(verdict(smoking, &ungrounded).flagged);
+        assert!(!verdict(smoking, &negative).flagged);
+        assert_eq!(verdict(smoking, &no_answer).reason, "no answer");
+    }
+
+    #[test]
+    fn answer_matching() {
+        assert!(answer_means("Yes.", "yes"));
+        assert!(answer_means("YES, a knife is visible", "yes"));
+        assert!(!answer_means("Yesterday he left", "yes"));
+        assert!(answer_means("(A) running", "A"));
+        assert!(answer_means("A.", "(a)"));
+        assert!(!answer_means("B", "A"));
+        assert!(!answer_means("yes", "?"));
+    }
+
+    #[test]
+    fn index_and_moderation_share_a_task() {
+        let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
+        let task = Task::index_and_moderation(policy).unwrap();
+        let ids: Vec<&str> = task
+            .questions
+            .iter()
+            .map(|question| question.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["index", "weapons", "smoking"]);
+        assert!(task.category_for(&task.questions[0]).is_none());
+        assert_eq!(
+            task.category_for(&task.questions[2]).unwrap().severity,
+            Severity::Low
+        );
+        let reserved = ModerationPolicy::from_yaml(
+            "categories:\n  - {name: index, question: q, flagged_answer: 'yes', severity: low}\n",
+        )
+        .unwrap();
+        assert!(Task::index_and_moderation(reserved).is_err());
+    }
+
+    #[test]
+    fn task_hash_changes_with_questions() {
+        let index = Task::index();
+        assert_eq!(index.hash(), Task::index().hash());
+        assert_eq!(index.hash().len(), 64);
+        let other = Task::free_form(&["Where is the dog?"]).unwrap();
+        assert_ne!(index.hash(), other.hash());
+        let mut changed = Task::index();
+        changed.questions[0].text.push('!');
+        assert_ne!(index.hash(), changed.hash());
+    }
+}

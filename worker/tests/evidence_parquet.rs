@@ -1,0 +1,147 @@
+//! The corpus tables open in pyarrow and DuckDB with the columns `SCHEMA.md` documents.
+//!
+//! Needs a Python with pyarrow and duckdb: `scripts/setup.sh` makes `venv/` at the repository root;
+//! `VIDX_PYTHON` overrides the interpreter. The test fails, saying so, when neither is there.
+
+mod evidence_support;
+
+use std::process::Command;
+
+use evidence_support::{document, model, workspace_root};
+use vidx_worker::evidence::store::{CLAIMS_PARQUET, OutcomeStatus};
+use vidx_worker::evidence::{EvidenceIndex, PassManifest, Task};
+
+fn python() -> String {
+    if let Ok(path) = std::env::var("VIDX_PYTHON") {
+        return path;
+    }
+    let venv = workspace_root().join("venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/setup.sh (creates venv/ with pyarrow and duckdb) or set VIDX_PYTHON",
+        venv.display()
+    );
+    venv.to_string_lossy().into_owned()
+}
+
+/// Column names listed in the first column of the table under `heading` in SCHEMA.md.
+fn documented_columns(heading: &str) -> Vec<String> {
+    let schema =
+        std::fs::read_to_string(workspace_root().join("worker/src/evidence/SCHEMA.md")).unwrap();
+    let section = schema.split(heading).nth(1).unwrap();
+    let mut columns = Vec::new();
+    for line in section
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+    {
+        let first_cell = line.split('|').nth(1).unwrap_or("");
+        for name in first_cell.split('`').skip(1).step_by(2) {
+            columns.push(name.to_owned());
+        }
+    }
+    columns
+}
+
+const SCRIPT: &str = r#"
+import json, sys
+import pyarrow.parquet as pq
+import duckdb
+claims, answers = sys.argv[1], sys.argv[2]
+table = pq.read_table(claims)
+answer_table = pq.read_table(answers)
+rows = table.to_pylist()
+con = duckdb.connect()
+car = con.execute(
+    "SELECT video_url, time_s, box_x1, box_y1, box_x2, box_y2, frame_index FROM read_parquet(?) WHERE object = 'red car'",
+    [claims],
+).fetchall()
+flagged = con.execute("SELECT count(*) FROM read_parquet(?) WHERE flagged IS NULL", [answers]).fetchone()[0]
+print(json.dumps({
+    "claim_columns": table.column_names,
+    "answer_columns": answer_table.column_names,
+    "claim_rows": table.num_rows,
+    "answer_rows": answer_table.num_rows,
+    "types": {field.name: str(field.type) for field in table.schema},
+    "first": rows[0],
+    "car": car,
+    "answers_without_verdict": flagged,
+}))
+"#;
+
+#[tokio::test]
+async fn parquet_opens_in_pyarrow_and_duckdb_with_documented_columns() -> anyhow::Result<()> {
+    let python = python();
+    let dir = tempfile::tempdir()?;
+    let index = EvidenceIndex::from_url(dir.path().to_str().unwrap())?;
+    let task = Task::index();
+    let raw = "<think>The <obj>red car</obj><box>[300,100,400,200]</box>at<t>12.0</t>s passes a \
+               <obj>dog</obj><box>[10,10,50,50]</box>at<t>3</t>s and a <obj>sign</obj> at <t>5</t>s.</think>\
+               <answer>A car passes a dog.</answer>";
+    let mut manifest = PassManifest::new("p1", model(), &task);
+    for url in ["s3://videos/a.mp4", "s3://videos/b.mp4"] {
+        let document = document(
+            url,
+            task.clone(),
+            &[(0, "index", raw), (1, "index", "<answer>Nothing.</answer>")],
+        );
+        let key = index.write_document(&document).await?;
+        manifest.record(
+            url,
+            OutcomeStatus::Indexed {
+                document_key: key.to_string(),
+            },
+        );
+    }
+    index.finish_pass(manifest).await?;
+    let claims_path = dir.path().join(CLAIMS_PARQUET);
+    let answers_path = dir.path().join("table/answers.parquet");
+
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&claims_path)
+        .arg(&answers_path)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{python} failed (are pyarrow and duckdb installed? run scripts/setup.sh): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+
+    let claim_columns: Vec<String> = serde_json::from_value(result["claim_columns"].clone())?;
+    assert_eq!(claim_columns, documented_columns("## Claims table"));
+    let answer_columns: Vec<String> = serde_json::from_value(result["answer_columns"].clone())?;
+    assert_eq!(answer_columns, documented_columns("## Answers table"));
+    assert_eq!(result["claim_rows"], 6);
+    assert_eq!(result["answer_rows"], 4);
+    assert_eq!(result["types"]["time_s"], "double");
+    assert_eq!(result["types"]["segment_index"], "int64");
+    assert_eq!(result["types"]["object"], "string");
+    assert_eq!(result["types"]["flagged"], "bool");
+
+    let first = &result["first"];
+    assert_eq!(first["video_url"], "s3://videos/a.mp4");
+    assert_eq!(first["object"], "red car");
+    assert_eq!(first["time_s"], 12.0);
+    assert_eq!(
+        first["frame_index"], 5,
+        "12 s lies between frames at 11 and 13 s; ties go to the earlier"
+    );
+    assert_eq!(first["box_count"], 1);
+    assert!(first["flagged"].is_null());
+
+    // The sign has a time but no box: its box columns are null.
+    let car = result["car"].as_array().unwrap();
+    assert_eq!(car.len(), 2);
+    let row = car[0].as_array().unwrap();
+    assert_eq!(row[0], "s3://videos/a.mp4");
+    let rounded: Vec<f64> = row[2..6]
+        .iter()
+        .map(|value| value.as_f64().unwrap().round())
+        .collect();
+    assert_eq!(rounded, vec![857.0, 286.0, 1143.0, 571.0]);
+    assert_eq!(result["answers_without_verdict"], 4);
+    Ok(())
+}
