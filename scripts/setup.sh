@@ -25,3 +25,6 @@ if ((${#missing[@]})); then
 fi
 
 # A Redis that some distributions start as a service is not used: tests start their own on a free port.
+
+# Servers the integration tests start themselves (S3-compatible object store).
+"$(dirname "$0")/install-test-servers.sh"

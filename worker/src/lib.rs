@@ -1,1 +1,4 @@
-//! The vidx worker.
+//! The vidx worker: reads videos from object storage, samples frames, runs grounded reasoning
+//! and writes evidence.
+
+pub mod media;
