@@ -66,7 +66,7 @@ pub struct DecodeLimits {
     pub max_decoded_frames: Option<u64>,
     /// Largest picture accepted, in pixels (width times height).
     pub max_pixels: u64,
-    /// Decoder threads; 0 lets FFmpeg choose.
+    /// Decoder threads; 0 lets FFmpeg choose (one per core plus one, as the CLI does).
     pub threads: usize,
 }
 
@@ -76,7 +76,7 @@ impl Default for DecodeLimits {
             time_budget: Duration::from_secs(300),
             max_decoded_frames: None,
             max_pixels: 8192 * 4352,
-            threads: std::thread::available_parallelism().map_or(4, |n| n.get().min(8)),
+            threads: 0,
         }
     }
 }
@@ -438,6 +438,7 @@ impl Sampler {
         let mut last_keyframe_packet: Option<f64> = None;
         let mut observed_gap: Option<f64> = None;
         let mut seeking_enabled = true;
+        let mut last_seek_target: Option<usize> = None;
         let mut consecutive_errors = 0u32;
         let mut last_emitted: Option<f64> = None;
         let mut last_frame_t: Option<f64> = None;
@@ -445,7 +446,12 @@ impl Sampler {
         while next_target < self.targets.len() {
             self.check_budgets()?;
             let target = self.targets[next_target];
-            if seeking_enabled && self.should_seek(target, packet_position, observed_gap) {
+            // One seek per target at most: a stream without timestamps must not seek forever.
+            if seeking_enabled
+                && last_seek_target != Some(next_target)
+                && self.should_seek(target, packet_position, observed_gap)
+            {
+                last_seek_target = Some(next_target);
                 if self.seek(target) {
                     packet_position = None;
                     last_keyframe_packet = None;

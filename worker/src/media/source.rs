@@ -141,14 +141,31 @@ impl VideoSource {
             reason,
         };
         let absolute = std::path::absolute(file).map_err(|error| invalid(error.to_string()))?;
-        let path =
-            Path::from_absolute_path(&absolute).map_err(|error| invalid(error.to_string()))?;
+        let path = Path::from_absolute_path(normalize(&absolute))
+            .map_err(|error| invalid(error.to_string()))?;
         Ok(Self {
             store: Arc::new(LocalFileSystem::new()),
             path,
             uri: address.to_owned(),
         })
     }
+}
+
+/// Resolves `.` and `..` lexically (object paths may not contain them), without touching the
+/// file system, so that a missing file is still reported as not found.
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut normalized = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                normalized.pop();
+            }
+            Component::CurDir => {}
+            other => normalized.push(other.as_os_str()),
+        }
+    }
+    normalized
 }
 
 /// Applies the options whose keys parse as configuration keys of builder `B`.
@@ -175,6 +192,8 @@ mod tests {
         assert_eq!(source.path.as_ref(), "tmp/some dir/video.mp4");
         let source = VideoSource::from_url("file:///tmp/some%20dir/video.mp4").unwrap();
         assert_eq!(source.path.as_ref(), "tmp/some dir/video.mp4");
+        let dotted = VideoSource::from_url("/tmp/a/../b/./video.mp4").unwrap();
+        assert_eq!(dotted.path.as_ref(), "tmp/b/video.mp4");
         let relative = VideoSource::from_url("clips/a.mp4").unwrap();
         assert!(relative.path.as_ref().ends_with("clips/a.mp4"));
     }
