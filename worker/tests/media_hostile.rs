@@ -233,3 +233,34 @@ fn bad_requests_are_refused() -> anyhow::Result<()> {
     assert!(matches!(error, MediaError::InvalidUrl { .. }), "{error}");
     Ok(())
 }
+
+#[test]
+fn time_budget_stops_work_with_a_retryable_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = h264(dir.path(), "clip.mp4", "160x120", 25, 2.0, 25)?;
+    let source = vidx_worker::media::VideoSource::from_url(url(&path))?;
+    let options = vidx_worker::media::SampleOptions {
+        limits: vidx_worker::media::DecodeLimits {
+            time_budget: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let error = expect_error(vidx_worker::media::sample_source(
+        &source,
+        &SamplingSpec::default(),
+        &options,
+    ));
+    assert!(
+        matches!(
+            error,
+            MediaError::BudgetExceeded {
+                budget: vidx_worker::media::Budget::Time,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.retryable());
+    Ok(())
+}

@@ -174,3 +174,38 @@ async fn s3_errors_are_typed() -> anyhow::Result<()> {
     assert!(error.retryable(), "{error}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_answers_times_out() -> anyhow::Result<()> {
+    // Accepts connections (the kernel completes the handshake) and never answers a request.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let endpoint = format!("http://{}", silent.local_addr()?);
+    let error = tokio::task::spawn_blocking(move || {
+        let options = [
+            ("aws_endpoint_url", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "key"),
+            ("aws_secret_access_key", "secret"),
+            ("aws_region", "us-east-1"),
+        ];
+        let source = VideoSource::from_url_with_options("s3://videos/clip.mp4", options)?;
+        let read = ReadOptions {
+            request_timeout: std::time::Duration::from_secs(1),
+            ..ReadOptions::default()
+        };
+        probe_source(
+            &source,
+            &ProbeOptions {
+                read,
+                ..ProbeOptions::default()
+            },
+        )
+    })
+    .await?;
+    drop(silent);
+    match error {
+        Err(error @ MediaError::ReadTimeout { .. }) => assert!(error.retryable()),
+        other => anyhow::bail!("expected a read timeout, got {other:?}"),
+    }
+    Ok(())
+}
