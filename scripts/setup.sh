@@ -34,3 +34,6 @@ if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
   python3 -m venv "$repo_root/venv"
   "$repo_root/venv/bin/pip" install -q pyarrow duckdb
 fi
+
+# Servers the integration tests start themselves (S3-compatible object store).
+"$(dirname "$0")/install-test-servers.sh"

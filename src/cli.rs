@@ -40,6 +40,11 @@ pub enum Command {
     Passes(PassesArgs),
     /// List a pass's jobs.
     Jobs(JobsArgs),
+    /// Describe a video as one JSON object: container, codec, displayed size, rotation, fps,
+    /// duration, audio.
+    Probe(crate::commands::media::ProbeArgs),
+    /// Sample frames from a video into a directory of PNGs plus frames.json.
+    Frames(crate::commands::media::FramesArgs),
     /// Search an evidence index for claims and answers.
     Search(crate::commands::evidence::SearchArgs),
     /// Write a static HTML report of an evidence index.

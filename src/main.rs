@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{coordinator, evidence, passes};
+use vidx::commands::{coordinator, evidence, media, passes};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -37,10 +37,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel(args) => passes::cancel(args).await,
         Command::Passes(args) => passes::passes(args).await,
         Command::Jobs(args) => passes::jobs(args).await,
+        // Decoding blocks: it runs on a blocking thread, never on the runtime's workers.
+        Command::Probe(args) => blocking(move || media::probe(&args)).await,
+        Command::Frames(args) => blocking(move || media::frames(&args)).await,
         Command::Search(args) => print(evidence::search(&args).await?),
         Command::Report(args) => print(evidence::report(&args).await?),
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
     }
+}
+
+async fn blocking(
+    work: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(work).await?
 }
 
 fn print(text: String) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 pub mod coordinator;
 pub mod evidence;
+pub mod media;
 pub mod passes;
 
 use anyhow::{Context, Result};

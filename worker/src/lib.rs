@@ -3,4 +3,5 @@
 //! outcome. [`runtime`] is the loop; the work itself sits behind [`runtime::Processor`].
 
 pub mod evidence;
+pub mod media;
 pub mod runtime;
