@@ -30,8 +30,14 @@ pub struct Cli {
 pub enum Command {
     /// Run a coordinator: plans passes, keeps job state, leases jobs to workers.
     Coordinator(CoordinatorArgs),
+    /// Index a corpus in this process (in-memory coordinator, local worker): the embedded default.
+    Index(IndexArgs),
+    /// Run a worker: lease jobs from a coordinator and write evidence.
+    Worker(WorkerArgs),
     /// Submit a pass over a corpus; prints the pass id.
     Submit(SubmitArgs),
+    /// Write the manifest and corpus tables (JSON Lines, Parquet) of a finished pass.
+    Finalize(FinalizeArgs),
     /// Show a pass's progress.
     Status(StatusArgs),
     /// Cancel a pass.
@@ -123,9 +129,9 @@ pub struct CoordinatorArgs {
     pub retry_max_ms: i64,
 }
 
-/// `vidx submit`.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
+/// What a pass runs over and asks: shared by `submit` and `index`.
+#[derive(Debug, Clone, Args)]
+pub struct PassArgs {
     /// The corpus: an object-store prefix (`s3://bucket/videos/`, `file:///data/`, a local
     /// directory) or a manifest (`.txt` or `.jsonl`).
     pub source: String,
@@ -156,6 +162,89 @@ pub struct SubmitArgs {
     /// Submitting again with the same key returns the same pass.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+}
+
+/// `vidx submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The pass.
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The model a worker runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json,
+    /// preprocessor_config.json) of Open-o3 Video or another Qwen2.5-VL checkpoint.
+    #[arg(long, env = "VIDX_MODEL")]
+    pub model: PathBuf,
+    /// Model id recorded in the evidence (default: the directory name).
+    #[arg(long, env = "VIDX_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// Weights revision recorded in the evidence.
+    #[arg(long, env = "VIDX_MODEL_REVISION", default_value = "local")]
+    pub model_revision: String,
+    /// Most tokens generated per answer (Open-o3 Video's evaluation allows 2048).
+    #[arg(long, env = "VIDX_MAX_NEW_TOKENS", default_value_t = 2048)]
+    pub max_new_tokens: usize,
+    /// Fewest pixels per frame fed to the model (Open-o3 Video: 128*28*28).
+    #[arg(long, env = "VIDX_MIN_PIXELS", default_value_t = 128 * 28 * 28)]
+    pub min_pixels: usize,
+    /// Most pixels per frame fed to the model (Open-o3 Video: 768*28*28).
+    #[arg(long, env = "VIDX_MAX_PIXELS", default_value_t = 768 * 28 * 28)]
+    pub max_pixels: usize,
+}
+
+/// `vidx worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// This worker's name (the pod name in Kubernetes).
+    #[arg(long, env = "VIDX_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Lease duration in seconds; heartbeats renew it every third.
+    #[arg(long, env = "VIDX_LEASE_SECS", default_value_t = 300)]
+    pub lease_secs: u64,
+    /// Exit when no work is left instead of waiting for more.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `vidx index`: the embedded default, a whole pass in this process.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The pass.
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `vidx finalize`: write the manifest and corpus tables of a finished pass.
+#[derive(Debug, Args)]
+pub struct FinalizeArgs {
+    /// The pass id.
+    pub pass_id: String,
+    /// Model id recorded in the manifest.
+    #[arg(
+        long,
+        env = "VIDX_MODEL_ID",
+        default_value = "marinero4972/Open-o3-Video"
+    )]
+    pub model_id: String,
+    /// Weights revision recorded in the manifest.
+    #[arg(long, env = "VIDX_MODEL_REVISION", default_value = "local")]
+    pub model_revision: String,
     /// Coordinator connection.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{coordinator, evidence, media, passes};
+use vidx::commands::{coordinator, evidence, media, passes, worker};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -32,7 +32,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Coordinator(args) => {
             coordinator::run(args.into_config()?, shutdown_signal()).await
         }
+        Command::Index(args) => worker::index(args).await,
+        Command::Worker(args) => worker::worker(args, shutdown_signal()).await,
         Command::Submit(args) => passes::submit(args).await,
+        Command::Finalize(args) => worker::finalize(args).await,
         Command::Status(args) => passes::status(args).await,
         Command::Cancel(args) => passes::cancel(args).await,
         Command::Passes(args) => passes::passes(args).await,

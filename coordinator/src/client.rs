@@ -306,6 +306,7 @@ fn job_from_pb(job: pb::Job) -> Result<Job> {
         },
         attempt: job.attempt,
         last_error: (!job.last_error.is_empty()).then_some(job.last_error),
+        result_url: (!job.result_url.is_empty()).then_some(job.result_url),
     })
 }
 

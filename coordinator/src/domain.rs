@@ -321,6 +321,8 @@ pub struct Job {
     pub attempt: u32,
     /// The last failure reason.
     pub last_error: Option<String>,
+    /// Where a done job's result was written.
+    pub result_url: Option<String>,
 }
 
 /// A job handed to a worker, with everything the worker needs.

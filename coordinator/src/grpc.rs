@@ -179,6 +179,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         size_bytes: job.spec.size_bytes,
         etag: job.spec.etag.clone().unwrap_or_default(),
         probe: job.spec.probe,
+        result_url: job.result_url.clone().unwrap_or_default(),
     }
 }
 

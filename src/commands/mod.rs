@@ -4,6 +4,7 @@ pub mod coordinator;
 pub mod evidence;
 pub mod media;
 pub mod passes;
+pub mod worker;
 
 use anyhow::{Context, Result};
 use vidx_coordinator::auth::Token;

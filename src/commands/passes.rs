@@ -6,9 +6,9 @@ use anyhow::{Context, Result, bail};
 use vidx_coordinator::domain::{JobState, PassSpec, PassState, PassStatus, Sampling, Task};
 use vidx_coordinator::objects::normalize;
 
-use crate::cli::{CancelArgs, JobsArgs, PassesArgs, StatusArgs, SubmitArgs};
+use crate::cli::{CancelArgs, JobsArgs, PassArgs, PassesArgs, StatusArgs, SubmitArgs};
 
-impl SubmitArgs {
+impl PassArgs {
     /// The pass this submission describes.
     pub fn spec(&self) -> Result<PassSpec> {
         let task = if let Some(policy) = &self.policy {
@@ -43,7 +43,7 @@ impl SubmitArgs {
 
 /// `vidx submit`: prints the pass id.
 pub async fn submit(args: SubmitArgs) -> Result<()> {
-    let spec = args.spec()?;
+    let spec = args.pass.spec()?;
     let mut client = args.client.connect().await?;
     let created = client.submit(&spec).await?;
     println!("{}", created.pass_id);

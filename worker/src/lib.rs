@@ -4,4 +4,5 @@
 
 pub mod evidence;
 pub mod media;
+pub mod pipeline;
 pub mod runtime;

@@ -494,13 +494,12 @@ pub async fn idempotent_submit(store: Arc<dyn JobStore>) {
 pub async fn status_and_listing(store: Arc<dyn JobStore>) {
     let pass_id = running_pass(store.as_ref(), 5, 3).await;
     let leased = store.lease(&request(2, 60_000), T0).await.unwrap();
+    let result = Completion {
+        result_url: Some("file:///index/doc.json".into()),
+        segments: Vec::new(),
+    };
     store
-        .complete(
-            &leased[0].job.job_id,
-            &leased[0].lease_id,
-            &Completion::default(),
-            T0,
-        )
+        .complete(&leased[0].job.job_id, &leased[0].lease_id, &result, T0)
         .await
         .unwrap();
 
@@ -559,6 +558,10 @@ pub async fn status_and_listing(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(done.items[0].job_id, leased[0].job.job_id);
+    assert_eq!(
+        done.items[0].result_url.as_deref(),
+        Some("file:///index/doc.json")
+    );
 
     let foreign = store
         .list_jobs(&pass_id, None, 2, pending.next.as_deref())

@@ -167,6 +167,7 @@ impl State {
                     state: JobState::Pending,
                     attempt: 0,
                     last_error: None,
+                    result_url: None,
                 },
                 seq,
                 lease: None,
@@ -573,6 +574,9 @@ impl JobStore for MemoryStore {
         let pass_id = record.job.pass_id.clone();
         let parent = record.job.spec.clone();
         state.transition(job_id, JobState::Done);
+        if let Some(record) = state.jobs.get_mut(job_id) {
+            record.job.result_url = completion.result_url.clone();
+        }
         state.count_finished(&pass_id, now_ms);
         let mut segments_created = 0;
         for job in segment_jobs(&parent, &completion.segments) {

@@ -214,6 +214,7 @@ impl RedisStore {
             state,
             attempt: field_i64(fields, "attempt").max(0) as u32,
             last_error: fields.get("err").cloned(),
+            result_url: fields.get("result").cloned(),
         })
     }
 
@@ -529,6 +530,7 @@ impl JobStore for RedisStore {
                     state: JobState::Leased,
                     attempt: attempt.parse().unwrap_or(0),
                     last_error: (!last_error.is_empty()).then(|| last_error.clone()),
+                    result_url: None,
                 },
                 lease_id: lease_id.clone(),
                 deadline_ms: deadline.parse().unwrap_or(0),

@@ -1,0 +1,192 @@
+//! The embedded default end to end: `vidx index` over a directory of real encoded videos (one
+//! long enough to be split into segments, one zero-byte upload), with the tiny random Qwen2.5-VL
+//! checkpoint from `../shared/fixtures`, then `vidx search` and `vidx report` over the index.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen2_5_vl/tiny-realvocab")
+}
+
+fn ffmpeg(args: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("ffmpeg runs (run scripts/setup.sh)");
+    assert!(status.success(), "ffmpeg {args:?}");
+}
+
+fn vidx(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vidx"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("vidx runs")
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn index_a_directory_then_search_and_report() {
+    let model = fixture_model();
+    assert!(
+        model.join("config.json").exists(),
+        "missing fixture {}",
+        model.display()
+    );
+    let corpus = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let clip = corpus.path().join("clip.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=10:duration=3",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        clip.to_str().unwrap(),
+    ]);
+    std::fs::write(corpus.path().join("broken.mp4"), b"").unwrap();
+    std::fs::write(corpus.path().join("notes.txt"), b"not a video").unwrap();
+
+    let output = vidx(&[
+        "index",
+        corpus.path().to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+        "--fps",
+        "1",
+        "--max-frames",
+        "2",
+        "--segment-secs",
+        "2",
+        "--max-attempts",
+        "1",
+        "--min-pixels",
+        "3136",
+        "--max-pixels",
+        "12544",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "vidx index failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("2 indexed, 1 failed"), "{stdout}");
+
+    let files = files_under(out.path());
+    let names: Vec<String> = files
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    let documents: Vec<&PathBuf> = files
+        .iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .filter(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .contains("vidx.evidence/v1")
+        })
+        .collect();
+    assert_eq!(
+        documents.len(),
+        2,
+        "one document per segment of clip.mp4: {names:#?}"
+    );
+    let mut frames = 0;
+    for path in &documents {
+        let text = std::fs::read_to_string(path).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(document["probe"]["width"], 160);
+        let segment = &document["segments"][0];
+        frames += segment["frames"].as_array().unwrap().len();
+        assert!(segment["answers"][0]["raw_text"].is_string());
+    }
+    assert_eq!(frames, 3, "1 fps over [0, 2) and [2, 3)");
+    assert!(
+        names.iter().any(|name| name.ends_with(".png")),
+        "thumbnails stored: {names:#?}"
+    );
+    assert!(
+        names.iter().any(|name| name.ends_with(".parquet")),
+        "{names:#?}"
+    );
+    let manifest_path = files
+        .iter()
+        .find(|path| path.ends_with("manifest.json"))
+        .expect("manifest written");
+    let manifest = std::fs::read_to_string(manifest_path).unwrap();
+    assert!(
+        manifest.contains("broken.mp4"),
+        "the zero-byte upload is listed with its reason: {manifest}"
+    );
+
+    let search = vidx(&["search", out.path().to_str().unwrap(), "anything", "--json"]);
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&search.stdout).expect("search prints json");
+
+    let report_path = out.path().join("report.html");
+    let report = vidx(&[
+        "report",
+        out.path().to_str().unwrap(),
+        "--out",
+        report_path.to_str().unwrap(),
+    ]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let html = std::fs::read_to_string(&report_path).unwrap();
+    assert!(html.contains("clip.mp4"), "the report shows the video");
+}
+
+#[test]
+fn probe_and_bad_input_errors_are_one_line() {
+    let corpus = tempfile::tempdir().unwrap();
+    let empty = corpus.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let output = vidx(&["probe", empty.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+
+    let missing_model = vidx(&[
+        "index",
+        corpus.path().to_str().unwrap(),
+        "--out",
+        "/tmp/x/",
+        "--model",
+        "/nonexistent/model",
+    ]);
+    assert!(!missing_model.status.success());
+    assert!(String::from_utf8_lossy(&missing_model.stderr).contains("/nonexistent/model"));
+}

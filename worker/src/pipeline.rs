@@ -1,0 +1,363 @@
+//! The work of one job: the [`Processor`] that turns a leased job into an evidence document.
+//!
+//! Probe the video; a whole-video job longer than the pass's segment length is split instead of
+//! processed. Otherwise sample the segment's frames, encode them with the vision tower once,
+//! prefill the shared prompt prefix (system prompt, frames, duration line) once, and answer every
+//! question of the task from that prefix; parse each answer into evidence, map it to source pixels
+//! and absolute time, store frame thumbnails, and write the document. A document that already
+//! exists (same video, model and task) is not computed again.
+//!
+//! Runs on a blocking thread: object-store calls go through the runtime handle it was given.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tracing::info;
+use vidx_coordinator::domain::{LeasedJob, Segment, Task as PassTask};
+use vidx_model::generation::GenerationParams;
+use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
+
+use crate::evidence::document::DocumentHeader;
+use crate::evidence::store::EncodedImage;
+use crate::evidence::{
+    self, EvidenceIndex, FrameGeometry, ModelInfo, ModerationPolicy, ProbeFacts, Rotation,
+    SegmentClock, Task, VideoDocumentBuilder, VideoIdentity,
+};
+use crate::media::{self, MediaError, ProbeOptions, SampleOptions, SamplingSpec, VideoSource};
+use crate::runtime::{CancelFlag, JobFailure, Outcome, Processor};
+
+/// Widest stored thumbnail; boxes are stored in source pixels and scaled when drawn.
+const THUMBNAIL_MAX_WIDTH: usize = 640;
+
+/// Reads, reasons and writes evidence for one job at a time.
+pub struct Pipeline {
+    model: Arc<OpenO3Video>,
+    model_info: ModelInfo,
+    generation: GenerationParams,
+    runtime: Handle,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("model", &self.model_info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over a loaded model; `runtime` runs the object-store calls.
+    pub fn new(
+        model: Arc<OpenO3Video>,
+        model_info: ModelInfo,
+        generation: GenerationParams,
+        runtime: Handle,
+    ) -> Self {
+        Pipeline {
+            model,
+            model_info,
+            generation,
+            runtime,
+        }
+    }
+}
+
+/// The evidence task a pass asks for.
+pub fn evidence_task(task: &PassTask) -> Result<Task, evidence::Error> {
+    match task {
+        PassTask::Index { prompt: None } => Ok(Task::index()),
+        PassTask::Index {
+            prompt: Some(prompt),
+        } => Task::free_form(&[prompt.as_str()]),
+        PassTask::Questions { questions } => {
+            let questions: Vec<&str> = questions.iter().map(String::as_str).collect();
+            Task::free_form(&questions)
+        }
+        PassTask::Moderation { policy_yaml } => {
+            Task::moderation(ModerationPolicy::from_yaml(policy_yaml)?)
+        }
+    }
+}
+
+fn media_failure(stage: &str, error: MediaError) -> JobFailure {
+    JobFailure {
+        reason: format!("{stage}: {error}"),
+        retryable: error.retryable(),
+    }
+}
+
+fn model_failure(error: vidx_model::Error) -> JobFailure {
+    let retryable = matches!(error, vidx_model::Error::Io { .. });
+    JobFailure {
+        reason: format!("model: {error}"),
+        retryable,
+    }
+}
+
+fn index_failure(stage: &str, error: evidence::Error) -> JobFailure {
+    // Writing to the index fails for store reasons, which a later attempt may not meet.
+    JobFailure {
+        reason: format!("{stage}: {error}"),
+        retryable: true,
+    }
+}
+
+fn invalid(reason: String) -> JobFailure {
+    JobFailure {
+        reason,
+        retryable: false,
+    }
+}
+
+/// Splits `[0, duration)` into segments of at most `length` seconds.
+pub fn segments(duration_s: f64, length_s: f64) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut start = 0.0;
+    while start < duration_s && out.len() < 10_000 {
+        let end = (start + length_s).min(duration_s);
+        out.push(Segment {
+            start_s: start,
+            end_s: end,
+        });
+        start = end;
+    }
+    out
+}
+
+fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
+    let scaled = if image.width > THUMBNAIL_MAX_WIDTH {
+        let height = (image.height * THUMBNAIL_MAX_WIDTH / image.width).max(1);
+        image
+            .resized(THUMBNAIL_MAX_WIDTH, height)
+            .map_err(model_failure)?
+    } else {
+        image.clone()
+    };
+    let buffer = image::RgbImage::from_raw(
+        scaled.width as u32,
+        scaled.height as u32,
+        scaled.data.clone(),
+    )
+    .ok_or_else(|| invalid("thumbnail buffer does not match its size".into()))?;
+    let mut bytes = Cursor::new(Vec::new());
+    buffer
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|error| invalid(format!("thumbnail: {error}")))?;
+    Ok(EncodedImage {
+        bytes: Bytes::from(bytes.into_inner()),
+        content_type: "image/png".into(),
+        width: scaled.width as u32,
+        height: scaled.height as u32,
+    })
+}
+
+impl Processor for Pipeline {
+    fn process(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+        let spec = &job.job.spec;
+        let task =
+            evidence_task(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
+        let source =
+            VideoSource::from_url(&spec.video_url).map_err(|error| media_failure("open", error))?;
+        let probe = media::probe_source(&source, &ProbeOptions::default())
+            .map_err(|error| media_failure("probe", error))?;
+        let duration = probe.duration_s.unwrap_or(0.0);
+        let segment_length = job.pass.sampling.segment_secs;
+        if spec.probe && duration > segment_length {
+            return Ok(Outcome::Split(segments(duration, segment_length)));
+        }
+
+        let index = EvidenceIndex::from_url(&job.pass.destination)
+            .map_err(|error| invalid(format!("destination: {error}")))?;
+        let start_s = spec.start_s;
+        let end_s = if spec.end_s > start_s {
+            spec.end_s
+        } else {
+            duration.max(start_s)
+        };
+        // A segment job gets a document of its own: its identity names the time range
+        // (a W3C media fragment), so segments of one video never overwrite each other.
+        let url = if spec.probe {
+            spec.video_url.clone()
+        } else {
+            format!("{}#t={start_s},{end_s}", spec.video_url)
+        };
+        let identity = VideoIdentity {
+            url,
+            size_bytes: probe.size_bytes,
+            etag: spec.etag.clone(),
+            checksum: None,
+        };
+        let document_key = index.document_key(&identity, &self.model_info, &task.hash());
+        let already = self.runtime.block_on(index.is_indexed(&document_key));
+        if already.map_err(|error| index_failure("index", error))? {
+            info!(key = %document_key, "already indexed");
+            return Ok(Outcome::Done {
+                result_url: Some(document_key.to_string()),
+            });
+        }
+
+        let sampling = SamplingSpec {
+            fps: job.pass.sampling.fps,
+            max_frames: job.pass.sampling.max_frames as usize,
+            start_s,
+            end_s: (spec.end_s > start_s).then_some(spec.end_s),
+        };
+        let sampled = media::sample_source(&source, &sampling, &SampleOptions::default())
+            .map_err(|error| media_failure("sample", error))?;
+        if cancel.is_raised() {
+            return Err(JobFailure {
+                reason: "cancelled".into(),
+                retryable: true,
+            });
+        }
+        let mut frames = Vec::with_capacity(sampled.frames.len());
+        for frame in sampled.frames {
+            let image = RgbImage::new(frame.width as usize, frame.height as usize, frame.rgb)
+                .map_err(model_failure)?;
+            frames.push(TimedFrame {
+                image,
+                timestamp_seconds: frame.t_s - start_s,
+            });
+        }
+        let first = frames
+            .first()
+            .ok_or_else(|| invalid("sample: no frames".into()))?;
+        let (model_height, model_width) = self
+            .model
+            .processor()
+            .target_size(first.image.height, first.image.width)
+            .map_err(model_failure)?;
+        let rotation = Rotation::from_degrees_clockwise(i64::from(probe.rotation))
+            .map_err(|error| invalid(format!("rotation: {error}")))?;
+        let geometry = FrameGeometry::new(
+            probe.coded_width,
+            probe.coded_height,
+            rotation,
+            model_width as u32,
+            model_height as u32,
+        )
+        .map_err(|error| invalid(format!("geometry: {error}")))?;
+        let segment_end = end_s.max(
+            frames
+                .iter()
+                .map(|f| f.timestamp_seconds + start_s)
+                .fold(start_s, f64::max),
+        );
+        let clock = SegmentClock::new(
+            0,
+            start_s,
+            segment_end.max(start_s + 1e-3),
+            frames
+                .iter()
+                .map(|frame| frame.timestamp_seconds + start_s)
+                .collect(),
+        )
+        .map_err(|error| invalid(format!("segment: {error}")))?;
+
+        let mut builder = VideoDocumentBuilder::new(DocumentHeader {
+            video: identity,
+            probe: ProbeFacts {
+                uri: probe.uri.clone(),
+                container: probe.container.clone(),
+                codec: probe.codec.clone(),
+                width: probe.width,
+                height: probe.height,
+                rotation: probe.rotation as i32,
+                fps: probe.fps.unwrap_or(0.0),
+                duration_s: duration,
+                has_audio: probe.has_audio,
+            },
+            model: self.model_info.clone(),
+            task: task.clone(),
+            geometry,
+        });
+        builder
+            .add_segment(clock.clone())
+            .map_err(|error| invalid(format!("segment: {error}")))?;
+
+        // The vision tower and the shared prefix run once for all questions.
+        let encoded = self.model.encode_frames(&frames).map_err(model_failure)?;
+        let prefix = self
+            .model
+            .prefill(
+                &encoded,
+                evidence::task::OPEN_O3_SYSTEM_PROMPT,
+                clock.duration_s(),
+            )
+            .map_err(model_failure)?;
+        for question in &task.questions {
+            if cancel.is_raised() {
+                return Err(JobFailure {
+                    reason: "cancelled".into(),
+                    retryable: true,
+                });
+            }
+            let answer = self
+                .model
+                .ask(
+                    &prefix,
+                    &question.prompt_text(),
+                    &self.generation,
+                    &mut |_| !cancel.is_raised(),
+                )
+                .map_err(model_failure)?;
+            builder
+                .record_answer(0, &question.id, &answer.text)
+                .map_err(|error| invalid(format!("evidence: {error}")))?;
+        }
+
+        for (frame_index, frame) in frames.iter().enumerate() {
+            let encoded = png(&frame.image)?;
+            let thumbnail = self
+                .runtime
+                .block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))
+                .map_err(|error| index_failure("thumbnail", error))?;
+            builder
+                .set_thumbnail(0, frame_index, thumbnail)
+                .map_err(|error| invalid(format!("evidence: {error}")))?;
+        }
+        let document = builder.finish();
+        let written = self
+            .runtime
+            .block_on(index.write_document(&document))
+            .map_err(|error| index_failure("write", error))?;
+        info!(key = %written, claims = document.claim_count(), "evidence written");
+        Ok(Outcome::Done {
+            result_url: Some(written.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_video_without_gaps() {
+        let parts = segments(1_337.5, 600.0);
+        let ranges: Vec<(f64, f64)> = parts.iter().map(|s| (s.start_s, s.end_s)).collect();
+        assert_eq!(ranges, [(0.0, 600.0), (600.0, 1200.0), (1200.0, 1337.5)]);
+        assert!(segments(0.0, 600.0).is_empty());
+    }
+
+    #[test]
+    fn pass_tasks_become_evidence_tasks() {
+        assert_eq!(
+            evidence_task(&PassTask::Index { prompt: None })
+                .unwrap()
+                .questions
+                .len(),
+            1
+        );
+        let questions = PassTask::Questions {
+            questions: vec!["a?".into(), "b?".into()],
+        };
+        assert_eq!(evidence_task(&questions).unwrap().questions.len(), 2);
+        let bad = PassTask::Moderation {
+            policy_yaml: "not: [a policy".into(),
+        };
+        assert!(evidence_task(&bad).is_err());
+    }
+}
