@@ -51,6 +51,8 @@ pub enum Command {
     Probe(crate::commands::media::ProbeArgs),
     /// Sample frames from a video into a directory of PNGs plus frames.json.
     Frames(crate::commands::media::FramesArgs),
+    /// Ask the model one question about one video (debugging).
+    Ask(crate::commands::ask::AskArgs),
     /// Search an evidence index for claims and answers.
     Search(crate::commands::evidence::SearchArgs),
     /// Write a static HTML report of an evidence index.

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{coordinator, evidence, media, passes, worker};
+use vidx::commands::{ask, coordinator, evidence, media, passes, worker};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -43,6 +43,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         // Decoding blocks: it runs on a blocking thread, never on the runtime's workers.
         Command::Probe(args) => blocking(move || media::probe(&args)).await,
         Command::Frames(args) => blocking(move || media::frames(&args)).await,
+        Command::Ask(args) => ask::ask(args).await,
         Command::Search(args) => print(evidence::search(&args).await?),
         Command::Report(args) => print(evidence::report(&args).await?),
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,

@@ -1,5 +1,6 @@
 //! One module per group of subcommands; each turns parsed flags into a validated config and runs.
 
+pub mod ask;
 pub mod coordinator;
 pub mod evidence;
 pub mod media;

@@ -35,20 +35,25 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the model (memory-mapped weights) on a blocking thread and builds the pipeline.
-    pub async fn pipeline(&self) -> Result<Pipeline> {
+    /// Loads the model (memory-mapped weights) on a blocking thread.
+    pub async fn load(&self) -> Result<OpenO3Video> {
         if self.min_pixels == 0 || self.max_pixels < self.min_pixels {
             bail!("pixel bounds must satisfy 0 < min <= max");
         }
         let dir = self.model.clone();
         let (min_pixels, max_pixels) = (self.min_pixels, self.max_pixels);
-        let model = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut model = OpenO3Video::load(&dir, &LoadOptions::default())?;
             model.set_pixel_bounds(min_pixels, max_pixels);
             Ok::<_, vidx_model::Error>(model)
         })
         .await?
-        .with_context(|| format!("cannot load the model from {}", self.model.display()))?;
+        .with_context(|| format!("cannot load the model from {}", self.model.display()))
+    }
+
+    /// Loads the model and builds the pipeline that processes jobs with it.
+    pub async fn pipeline(&self) -> Result<Pipeline> {
+        let model = self.load().await?;
         let mut generation = GenerationParams::open_o3();
         generation.max_new_tokens = self.max_new_tokens;
         Ok(Pipeline::new(

@@ -14,7 +14,7 @@ use super::parse::ParsedOutput;
 use super::{Error, Result};
 
 /// The system prompt Open-o3 Video was trained with for grounded free-form questions, verbatim.
-pub const OPEN_O3_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively. All reasoning must be grounded in visual evidence from the video. When you mention any related object, person, or specific visual element in the reasoning process, you must strictly follow the following format: `<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`. The answer part only requires a text response; tags like <obj>, <box>, <t> are not needed.";
+pub const OPEN_O3_SYSTEM_PROMPT: &str = vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT;
 
 /// Appended to a multiple-choice question.
 pub const MULTIPLE_CHOICE_SUFFIX: &str =
