@@ -127,6 +127,15 @@ fn streaming_callback_can_stop_generation() -> Result<()> {
     })?;
     assert_eq!(answer.finish, FinishReason::Cancelled);
     assert_eq!(calls, 2);
+    // The random tiny model greedily emits "\n" (198): making it a stop id ends at once.
+    let params = GenerationParams {
+        max_new_tokens: 8,
+        stop_token_ids: vec![198],
+        ..Default::default()
+    };
+    let answer = pipeline.ask(&prefix, "Question: Anything?", &params, &mut |_| true)?;
+    assert_eq!(answer.finish, FinishReason::Stop);
+    assert!(answer.tokens.is_empty());
     Ok(())
 }
 
