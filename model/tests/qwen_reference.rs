@@ -91,10 +91,15 @@ impl Report {
         let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
         let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
         let magnitude = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // `f32::max` ignores NaN, so a NaN anywhere turns the difference into NaN explicitly.
+        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| {
+            let d = (a - b).abs();
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        });
         let tol = REL_TOL * magnitude.max(1.0);
         self.lines.push(format!(
             "{:<32} max|diff| {diff:.3e}  tol {tol:.1e}  max|ref| {magnitude:.2}",
