@@ -263,7 +263,20 @@ fn continuing_a_cloned_and_truncated_cache_equals_a_full_prefill() -> Result<()>
         LogitsMode::Last,
     )?;
     assert_eq!(shared.len(), prefix, "the shared prefix cache was modified");
-    let diff = (full - continued)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let diff = (&full - continued)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-3, "continued logits differ by {diff}");
+
+    // Attention computed in many small query blocks gives the same logits at every position.
+    let mut all_cache = model.new_cache();
+    let one_block = model.forward_embeds(&embeds, &positions, &mut all_cache, LogitsMode::All)?;
+    let mut model = model;
+    model.set_attention_block_elements(1000);
+    let mut blocked_cache = model.new_cache();
+    let blocked = model.forward_embeds(&embeds, &positions, &mut blocked_cache, LogitsMode::All)?;
+    let diff = (one_block - blocked)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert!(diff < 1e-3, "blocked attention differs by {diff}");
     Ok(())
 }
