@@ -3,6 +3,9 @@
 //! in the same run by the PyTorch reference (`make_qwen_fixture.py --preset medium
 //! --bench-only`) when its virtual environment exists, and the ratios of the two.
 //!
+//! Both sides run f32 on the CPU with the machine's threads; PyTorch's OpenMP threads slow down
+//! sharply when other processes compete for the cores, so compare runs on an idle machine.
+//!
 //! `cargo bench -p vidx-model --bench medium`. Environment: `VIDX_FIXTURE_PYTHON` (default
 //! `/work/venv-fixture/bin/python`), `VIDX_FIXTURE_SCRIPT` (default
 //! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3).
