@@ -3,6 +3,9 @@
 //! in the same run by the PyTorch reference (`make_qwen_fixture.py --preset medium
 //! --bench-only`) when its virtual environment exists, and the ratios of the two.
 //!
+//! Both sides run f32 on the CPU with the machine's threads; PyTorch's OpenMP threads slow down
+//! sharply when other processes compete for the cores, so compare runs on an idle machine.
+//!
 //! `cargo bench -p vidx-model --bench medium`. Environment: `VIDX_FIXTURE_PYTHON` (default
 //! `/work/venv-fixture/bin/python`), `VIDX_FIXTURE_SCRIPT` (default
 //! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3).
@@ -281,9 +284,8 @@ fn main() -> Result<()> {
         m.map(|v| format!("{v:.0} MiB"))
             .unwrap_or_else(|| "n/a".into())
     };
-    println!("\nmedium preset, f32, CPU (medians of {repeats} repeats)");
-    println!("{:<28}{:>14}{:>14}{:>10}", "", "candle", "pytorch", "ratio");
     if !python.is_file() || !script.is_file() {
+        println!("\nmedium preset, f32, CPU (medians of {repeats} repeats)");
         println!(
             "vision tower        {:.2}s\nvision+prefill      {:.2}s\ndecode              {:.1} ms/token\npeak memory         {}",
             candle.vision_s,
@@ -308,6 +310,7 @@ fn main() -> Result<()> {
         );
     };
     println!("\nmedium preset, f32, CPU (medians of {repeats} repeats; ratio = candle / pytorch)");
+    println!("{:<28}{:>14}{:>14}{:>10}", "", "candle", "pytorch", "ratio");
     row("vision tower", candle.vision_s, torch.vision_s, "s");
     row("vision+prefill", candle.prefill_s, torch.prefill_s, "s");
     row("decode (ms/token)", candle.decode_ms, torch.decode_ms, "ms");

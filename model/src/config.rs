@@ -100,7 +100,9 @@ impl VisionConfig {
 }
 
 /// Resolved model configuration: the language model fields plus [`VisionConfig`].
-#[derive(Debug, Clone, PartialEq)]
+/// Deserialises from either `config.json` layout.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     /// Rows of the embedding table.
     pub vocab_size: usize,
@@ -242,6 +244,14 @@ struct RawConfig {
     top: RawText,
     text_config: Option<RawText>,
     vision_config: Option<VisionConfig>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = Error;
+
+    fn try_from(raw: RawConfig) -> Result<Config> {
+        raw.resolve()
+    }
 }
 
 impl RawConfig {
@@ -409,21 +419,14 @@ mod tests {
       "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
       "eos_token_id": 994, "image_token_id": 1004, "video_token_id": 1005,
       "vision_start_token_id": 1001, "vision_end_token_id": 1002, "tie_word_embeddings": false,
-      "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+      "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "max_position_embeddings": 4096,
       "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-        "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1, 3], "spatial_patch_size": 14}
+        "in_chans": 3, "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1, 3],
+        "patch_size": 14, "spatial_patch_size": 14, "tokens_per_second": 2}
     }"#;
 
-    const NESTED: &str = r#"{
-      "image_token_id": 1004, "video_token_id": 1005, "vision_start_token_id": 1001,
-      "vision_end_token_id": 1002, "tie_word_embeddings": false,
-      "text_config": {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "eos_token_id": [994],
-        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0}},
-      "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-        "out_hidden_size": 64, "window_size": 56, "fullatt_block_indexes": [1, 3]}
-    }"#;
+    /// `config.json` as transformers 5.23 `save_pretrained` writes it for the tiny fixture.
+    const NESTED: &str = r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"], "dtype": "bfloat16", "image_token_id": 1004, "model_type": "qwen2_5_vl", "text_config": {"attention_dropout": 0.0, "bos_token_id": 992, "dtype": "bfloat16", "eos_token_id": 994, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128, "layer_types": ["full_attention", "full_attention"], "max_position_embeddings": 4096, "max_window_layers": 2, "model_type": "qwen2_5_vl_text", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "rms_norm_eps": 1e-06, "rope_parameters": {"mrope_section": [2, 3, 3], "rope_theta": 1000000.0, "rope_type": "default", "type": "mrope"}, "sliding_window": null, "use_cache": true, "use_sliding_window": false, "vocab_size": 1024}, "tie_word_embeddings": false, "transformers_version": "5.23.0", "video_token_id": 1005, "vision_config": {"depth": 4, "fullatt_block_indexes": [1, 3], "hidden_act": "silu", "hidden_size": 32, "in_channels": 3, "in_chans": 3, "initializer_range": 0.02, "intermediate_size": 64, "model_type": "qwen2_5_vl_vision", "num_heads": 2, "out_hidden_size": 64, "patch_size": 14, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"}, "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2, "tokens_per_second": 2, "window_size": 56}, "vision_end_token_id": 1002, "vision_start_token_id": 1001, "vision_token_id": 1003}"#;
 
     #[test]
     fn flat_and_nested_layouts_resolve_to_the_same_config() {
@@ -433,6 +436,8 @@ mod tests {
         assert_eq!(flat.mrope_section, vec![2, 3, 3]);
         assert_eq!(flat.eos_token_ids, vec![994]);
         assert_eq!(flat.vision_config.patch_dim(), 1176);
+        let via_serde: Config = serde_json::from_str(NESTED).unwrap();
+        assert_eq!(via_serde, flat);
     }
 
     #[test]

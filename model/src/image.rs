@@ -1,7 +1,8 @@
 //! Pure-Rust image helpers shared by the model's preprocessor and the media code: Qwen2-VL's
-//! `smart_resize` and a bicubic, antialiased resize of interleaved RGB `u8` buffers that follows
-//! torchvision's `resize(..., BICUBIC, antialias=True)` on `uint8` tensors (within one level per
-//! channel; torchvision uses fixed-point weights, this uses `f64` ones).
+//! `smart_resize` and a bicubic, antialiased resize of interleaved RGB `u8` buffers that
+//! reproduces torchvision's `resize(..., BICUBIC, antialias=True)` on `uint8` tensors bit for bit:
+//! the same PIL-style separable filter (a = -0.5), int16 fixed-point weights, horizontal pass
+//! first with rounding to `u8` in between.
 
 use crate::{Error, Result};
 
@@ -110,16 +111,18 @@ fn cubic(x: f64) -> f64 {
     }
 }
 
-/// For every output index: first input index and normalised weights of its taps.
-fn resample_taps(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
+/// For every output index: first input index and fixed-point weights of its taps, plus the
+/// number of fractional bits. Weights are computed in f64, normalised, then scaled to i16 with
+/// the largest precision that keeps the biggest weight below 2^15 (torchvision/PIL `uint8`).
+fn resample_taps(input: usize, output: usize) -> (Vec<(usize, Vec<i32>)>, u32) {
     let scale = input as f64 / output as f64;
     let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
     let inv_scale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
-    (0..output)
+    let float_taps: Vec<(usize, Vec<f64>)> = (0..output)
         .map(|i| {
             let center = scale * (i as f64 + 0.5);
-            let xmin = ((center - support + 0.5).trunc() as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5).trunc() as i64).min(input as i64) as usize;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
             let mut weights: Vec<f64> = (xmin..xmax)
                 .map(|j| cubic((j as f64 - center + 0.5) * inv_scale))
                 .collect();
@@ -131,16 +134,41 @@ fn resample_taps(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
             }
             (xmin, weights)
         })
-        .collect()
+        .collect();
+    let max_weight = float_taps
+        .iter()
+        .flat_map(|(_, w)| w.iter().copied())
+        .fold(0.0f64, f64::max);
+    let mut precision = 0u32;
+    while precision < 22
+        && ((0.5 + max_weight * f64::from(1u32 << (precision + 1))) as i32) < (1 << 15)
+    {
+        precision += 1;
+    }
+    let taps = float_taps
+        .into_iter()
+        .map(|(start, weights)| {
+            let fixed = weights
+                .iter()
+                .map(|w| {
+                    let v = w * f64::from(1u32 << precision);
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i16 as i32
+                })
+                .collect();
+            (start, fixed)
+        })
+        .collect();
+    (taps, precision)
 }
 
-fn to_u8(v: f64) -> u8 {
-    (v + 0.5).floor().clamp(0.0, 255.0) as u8
+/// Rounds a fixed-point accumulator back to `u8`.
+fn from_fixed(acc: i32, precision: u32) -> u8 {
+    ((acc + (1 << precision >> 1)) >> precision).clamp(0, 255) as u8
 }
 
 /// Bicubic (a = -0.5), antialiased resize of an interleaved RGB `u8` image, separable:
-/// horizontal pass first, rounded to `u8`, then the vertical pass, like torchvision's `uint8`
-/// path. `src` holds `src_height` rows of `src_width * 3` bytes.
+/// horizontal pass first, rounded to `u8`, then the vertical pass, with torchvision's `uint8`
+/// fixed-point arithmetic (outputs equal torchvision's). `src` holds `src_height` rows of `src_width * 3` bytes.
 pub fn resize_rgb_bicubic(
     src: &[u8],
     src_width: usize,
@@ -162,18 +190,18 @@ pub fn resize_rgb_bicubic(
     let horizontal = if dst_width == src_width {
         src.to_vec()
     } else {
-        let taps = resample_taps(src_width, dst_width);
+        let (taps, precision) = resample_taps(src_width, dst_width);
         let mut out = vec![0u8; src_height * dst_width * 3];
         for y in 0..src_height {
             let row = &src[y * src_width * 3..(y + 1) * src_width * 3];
             for (x, (start, weights)) in taps.iter().enumerate() {
                 for c in 0..3 {
-                    let acc: f64 = weights
+                    let acc: i32 = weights
                         .iter()
                         .enumerate()
-                        .map(|(k, w)| w * f64::from(row[(start + k) * 3 + c]))
+                        .map(|(k, w)| w * i32::from(row[(start + k) * 3 + c]))
                         .sum();
-                    out[(y * dst_width + x) * 3 + c] = to_u8(acc);
+                    out[(y * dst_width + x) * 3 + c] = from_fixed(acc, precision);
                 }
             }
         }
@@ -182,17 +210,17 @@ pub fn resize_rgb_bicubic(
     if dst_height == src_height {
         return Ok(horizontal);
     }
-    let taps = resample_taps(src_height, dst_height);
+    let (taps, precision) = resample_taps(src_height, dst_height);
     let stride = dst_width * 3;
     let mut out = vec![0u8; dst_height * stride];
     for (y, (start, weights)) in taps.iter().enumerate() {
         for i in 0..stride {
-            let acc: f64 = weights
+            let acc: i32 = weights
                 .iter()
                 .enumerate()
-                .map(|(k, w)| w * f64::from(horizontal[(start + k) * stride + i]))
+                .map(|(k, w)| w * i32::from(horizontal[(start + k) * stride + i]))
                 .sum();
-            out[y * stride + i] = to_u8(acc);
+            out[y * stride + i] = from_fixed(acc, precision);
         }
     }
     Ok(out)

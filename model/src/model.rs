@@ -151,6 +151,12 @@ impl Model {
             .forward(embeds, positions, cache, mode, Some(trace))
     }
 
+    /// Bounds the attention score block of the decoder (elements per block of query rows;
+    /// default [`crate::text::ATTENTION_BLOCK_ELEMENTS`]).
+    pub fn set_attention_block_elements(&mut self, elements: usize) {
+        self.text.set_attention_block_elements(elements);
+    }
+
     /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> crate::KvCache {
         crate::KvCache::new(self.text.num_layers())

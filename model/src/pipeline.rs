@@ -447,3 +447,18 @@ impl OpenO3Video {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shareable<T: Send + Sync>() {}
+
+    #[test]
+    fn pipeline_parts_can_be_shared_across_threads() {
+        shareable::<OpenO3Video>();
+        shareable::<PrefixCache>();
+        shareable::<EncodedFrames>();
+        shareable::<EncodedVideo>();
+    }
+}

@@ -144,9 +144,9 @@ impl Attention {
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         cache: &mut KvCache,
         layer: usize,
+        block_elements: usize,
     ) -> Result<Tensor> {
         let (b, len, _) = xs.dims3()?;
         let split = |t: Tensor, heads: usize| -> Result<Tensor> {
@@ -165,24 +165,58 @@ impl Attention {
         let (k, v) = cache.append(layer, &k, &v)?;
         let groups = self.num_heads / self.num_kv_heads;
         let total = k.dim(2)?;
-        // Grouped-query attention without materialising repeated keys: fold the group into
-        // the query length.
-        let q = q.reshape((b, self.num_kv_heads, groups * len, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            None => scores,
-            Some(mask) => scores
-                .reshape((b, self.num_kv_heads, groups, len, total))?
-                .broadcast_add(mask)?
-                .reshape((b, self.num_kv_heads, groups * len, total))?,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, self.num_heads, len, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, len, self.num_heads * self.head_dim))?;
+        let past = total - len;
+        // Scaling q is cheaper than scaling the score matrix.
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        // Causal attention over blocks of query rows: each block only sees the keys up to its
+        // last position, and its score matrix stays within `block_elements` (cache friendly,
+        // and small enough for the allocator to reuse instead of mapping fresh pages).
+        let rows = (block_elements / (self.num_heads * total).max(1)).clamp(1, len);
+        let mut outputs = Vec::with_capacity(len.div_ceil(rows));
+        for start in (0..len).step_by(rows) {
+            let n = rows.min(len - start);
+            let visible = past + start + n;
+            // Grouped-query attention without materialising repeated keys: fold the group
+            // into the query length.
+            let qb = q.narrow(2, start, n)?.contiguous()?.reshape((
+                b,
+                self.num_kv_heads,
+                groups * n,
+                self.head_dim,
+            ))?;
+            let kb = k.narrow(2, 0, visible)?.contiguous()?;
+            let vb = v.narrow(2, 0, visible)?.contiguous()?;
+            let mut scores = qb.matmul(&kb.t()?)?.to_dtype(DType::F32)?;
+            if n > 1 {
+                let mask: Vec<f32> = (0..n)
+                    .flat_map(|i| {
+                        (0..visible).map(move |j| {
+                            if j > past + start + i {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (n, visible), scores.device())?;
+                scores = scores
+                    .reshape((b, self.num_kv_heads, groups, n, visible))?
+                    .broadcast_add(&mask)?
+                    .reshape((b, self.num_kv_heads, groups * n, visible))?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vb.dtype())?;
+            outputs.push(
+                probs
+                    .matmul(&vb)?
+                    .reshape((b, self.num_heads, n, self.head_dim))?,
+            );
+        }
+        let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.reshape((
+            b,
+            len,
+            self.num_heads * self.head_dim,
+        ))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
@@ -256,7 +290,12 @@ pub struct TextModel {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: MultimodalRotary,
+    /// Upper bound on elements of one attention score block.
+    attention_block_elements: usize,
 }
+
+/// Default bound on attention score elements per block: 2M f32 values (8 MiB).
+pub const ATTENTION_BLOCK_ELEMENTS: usize = 1 << 21;
 
 impl TextModel {
     /// Builds the decoder from the root `vb` (`model.*` and `lm_head`).
@@ -281,7 +320,14 @@ impl TextModel {
             norm,
             lm_head,
             rotary: MultimodalRotary::new(config),
+            attention_block_elements: ATTENTION_BLOCK_ELEMENTS,
         })
+    }
+
+    /// Sets the bound on attention score elements per query block (memory vs. speed; the
+    /// result does not depend on it beyond float rounding).
+    pub fn set_attention_block_elements(&mut self, elements: usize) {
+        self.attention_block_elements = elements.max(1);
     }
 
     /// Number of decoder layers (for [`KvCache::new`]).
@@ -317,26 +363,15 @@ impl TextModel {
         }
         let device = embeds.device();
         let (cos, sin) = self.rotary.tables(positions, device)?;
-        let past = cache.len();
-        let mask = if len > 1 {
-            let mask: Vec<f32> = (0..len)
-                .flat_map(|i| {
-                    (0..past + len).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            Some(Tensor::from_vec(mask, (len, past + len), device)?)
-        } else {
-            None
-        };
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = layer.self_attn.forward(
                 &layer.input_layernorm.forward(&xs)?,
                 &cos,
                 &sin,
-                mask.as_ref(),
                 cache,
                 i,
+                self.attention_block_elements,
             )?;
             xs = (xs + attn)?;
             xs = (&xs

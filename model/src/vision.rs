@@ -169,31 +169,40 @@ impl VisionAttention {
         let q = rope(qkv.i(0)?)?;
         let k = rope(qkv.i(1)?)?;
         let v = qkv.i(2)?.unsqueeze(0)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let chunks = group_equal_chunks(cu);
+        // Scaling q is cheaper than scaling every score matrix.
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
         let mut outputs = Vec::with_capacity(cu.len());
-        for (start, size, count) in chunks {
-            // `count` consecutive chunks of `size` patches, attended as one batch.
-            let take = |t: &Tensor| -> Result<Tensor> {
-                Ok(t.narrow(2, start, size * count)?
-                    .reshape((self.num_heads, count, size, self.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?)
-            };
-            let (qc, kc, vc) = (take(&q)?, take(&k)?, take(&v)?);
-            let scores = (qc.matmul(&kc.t()?)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(vc.dtype())?;
-            let out = probs.matmul(&vc)?; // [count, H, size, hd]
-            outputs.push(
-                out.transpose(1, 2)?
-                    .reshape((count * size, self.num_heads * self.head_dim))?,
-            );
+        for (run_start, size, run_count) in group_equal_chunks(cu) {
+            // Equal chunks are attended as one batch, capped so that a score block stays small
+            // (cache friendly, and reused by the allocator instead of freshly mapped).
+            let per_batch =
+                (SCORE_BLOCK_ELEMENTS / (self.num_heads * size * size)).clamp(1, run_count);
+            for first in (0..run_count).step_by(per_batch) {
+                let count = per_batch.min(run_count - first);
+                let start = run_start + first * size;
+                let take = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(2, start, size * count)?
+                        .reshape((self.num_heads, count, size, self.head_dim))?
+                        .transpose(0, 1)?
+                        .contiguous()?)
+                };
+                let (qc, kc, vc) = (take(&q)?, take(&k)?, take(&v)?);
+                let scores = qc.matmul(&kc.t()?)?.to_dtype(DType::F32)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
+                let out = probs.matmul(&vc)?; // [count, H, size, hd]
+                outputs.push(
+                    out.transpose(1, 2)?
+                        .reshape((count * size, self.num_heads * self.head_dim))?,
+                );
+            }
         }
         let out = Tensor::cat(&outputs, 0)?;
         Ok(self.proj.forward(&out)?)
     }
 }
+
+/// Upper bound on elements of one batch of attention scores: 2M f32 values (8 MiB).
+const SCORE_BLOCK_ELEMENTS: usize = 1 << 21;
 
 /// Groups consecutive equal-length chunks of `cu` into `(start, size, count)` runs; empty
 /// chunks are skipped.

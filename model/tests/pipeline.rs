@@ -91,10 +91,19 @@ fn questions_share_one_vision_pass_and_the_prefix() -> Result<()> {
     );
     assert_eq!(first.finish, FinishReason::Length);
 
+    // A question whose first characters merge with the prefix's last token: the cache is cut
+    // back to the common part and the answer still equals a fresh computation.
+    let merged = "\nQuestion: What happens in the video?";
+    let partial = pipeline.ask(&prefix, merged, &params, &mut |_| true)?;
+    assert!(partial.reused_prefix_tokens < prefix.ids().len());
+    let fresh_merged = pipeline.ask_all(&frames, OPEN_O3_SYSTEM_PROMPT, 2.0, &[merged], &params)?;
+    assert_eq!(fresh_merged[0].tokens, partial.tokens);
+    assert_eq!(pipeline.model().vision_calls(), 2);
+
     // Answering through the shared prefix equals answering from a fresh pipeline call.
     let fresh = pipeline.ask_all(&frames, OPEN_O3_SYSTEM_PROMPT, 2.0, &[question], &params)?;
     assert_eq!(fresh[0].tokens, first.tokens);
-    assert_eq!(pipeline.model().vision_calls(), 2);
+    assert_eq!(pipeline.model().vision_calls(), 3);
     Ok(())
 }
 
@@ -118,6 +127,15 @@ fn streaming_callback_can_stop_generation() -> Result<()> {
     })?;
     assert_eq!(answer.finish, FinishReason::Cancelled);
     assert_eq!(calls, 2);
+    // The random tiny model greedily emits "\n" (198): making it a stop id ends at once.
+    let params = GenerationParams {
+        max_new_tokens: 8,
+        stop_token_ids: vec![198],
+        ..Default::default()
+    };
+    let answer = pipeline.ask(&prefix, "Question: Anything?", &params, &mut |_| true)?;
+    assert_eq!(answer.finish, FinishReason::Stop);
+    assert!(answer.tokens.is_empty());
     Ok(())
 }
 
@@ -196,5 +214,69 @@ fn native_video_path_matches_the_reference() -> Result<()> {
             .collect::<Vec<_>>(),
         want_tokens
     );
+    Ok(())
+}
+
+#[test]
+fn continuing_a_cloned_and_truncated_cache_equals_a_full_prefill() -> Result<()> {
+    use vidx_model::model::LogitsMode;
+    use vidx_model::rope_index::mrope_position_ids;
+
+    let dir = realvocab_dir();
+    let files = vidx_model::ModelFiles::from_dir(&dir)?;
+    let model = files.model(&LoadOptions::default())?;
+    let fixture = candle_core::safetensors::load(dir.join("fixture.safetensors"), &Device::Cpu)?;
+    let ids: Vec<u32> = fixture["img.input_ids"]
+        .flatten_all()?
+        .to_vec1::<i64>()?
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let grids: Vec<[usize; 3]> = fixture["img.image_grid_thw"]
+        .to_vec2::<i64>()?
+        .iter()
+        .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+        .collect();
+    let vision = model.encode_vision(&fixture["img.pixel_values"], &grids)?;
+    let positions = mrope_position_ids(&ids, &grids, &[], &[], &model.rope_index_params())?;
+    let embeds = model.embed(&ids, Some(&vision))?;
+    let len = ids.len();
+
+    let mut full_cache = model.new_cache();
+    let full = model.forward_embeds(&embeds, &positions, &mut full_cache, LogitsMode::Last)?;
+
+    let (prefix, cut) = (len - 20, len - 30);
+    let mut shared = model.new_cache();
+    model.forward_embeds(
+        &embeds.narrow(1, 0, prefix)?,
+        &positions.slice(0, prefix),
+        &mut shared,
+        LogitsMode::Last,
+    )?;
+    let mut branch = shared.clone();
+    branch.truncate(cut)?;
+    assert_eq!(branch.len(), cut);
+    let continued = model.forward_embeds(
+        &embeds.narrow(1, cut, len - cut)?,
+        &positions.slice(cut, len),
+        &mut branch,
+        LogitsMode::Last,
+    )?;
+    assert_eq!(shared.len(), prefix, "the shared prefix cache was modified");
+    let diff = (&full - continued)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 1e-3, "continued logits differ by {diff}");
+
+    // Attention computed in many small query blocks gives the same logits at every position.
+    let mut all_cache = model.new_cache();
+    let one_block = model.forward_embeds(&embeds, &positions, &mut all_cache, LogitsMode::All)?;
+    let mut model = model;
+    model.set_attention_block_elements(1000);
+    let mut blocked_cache = model.new_cache();
+    let blocked = model.forward_embeds(&embeds, &positions, &mut blocked_cache, LogitsMode::All)?;
+    let diff = (one_block - blocked)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert!(diff < 1e-3, "blocked attention differs by {diff}");
     Ok(())
 }

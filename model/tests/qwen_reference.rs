@@ -91,10 +91,15 @@ impl Report {
         let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
         let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
         let magnitude = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // `f32::max` ignores NaN, so a NaN anywhere turns the difference into NaN explicitly.
+        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| {
+            let d = (a - b).abs();
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        });
         let tol = REL_TOL * magnitude.max(1.0);
         self.lines.push(format!(
             "{:<32} max|diff| {diff:.3e}  tol {tol:.1e}  max|ref| {magnitude:.2}",
@@ -449,21 +454,21 @@ fn check_pre_resize(fx: &Fixture, report: &mut Report) -> Result<()> {
         &[h as i64, w as i64],
     );
     let mut worst = 0i32;
+    let (mut off, mut total) = (0usize, 0usize);
     let mut resized_reference = Vec::new();
     for (i, frame) in frames.iter().enumerate() {
         let got = resize_rgb_bicubic(&frame.data, frame.width, frame.height, w, h)?;
         let reference: Vec<u8> = want.i(i)?.permute((1, 2, 0))?.flatten_all()?.to_vec1()?;
-        worst = worst.max(
-            got.iter()
-                .zip(&reference)
-                .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-                .max()
-                .unwrap_or(0),
-        );
+        for (a, b) in got.iter().zip(&reference) {
+            let d = (i32::from(*a) - i32::from(*b)).abs();
+            worst = worst.max(d);
+            off += usize::from(d != 0);
+        }
+        total += got.len();
         resized_reference.push(RgbImage::new(w, h, reference)?);
     }
     report.lines.push(format!(
-        "{:<32} max|diff| {worst} level(s)  tol 1",
+        "{:<32} max|diff| {worst} level(s)  tol 1  ({off}/{total} values differ)",
         "pre_resize.resized_u8"
     ));
     if worst > 1 {
