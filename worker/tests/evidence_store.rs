@@ -332,3 +332,18 @@ async fn local_file_system_index_leaves_only_final_objects() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[test]
+fn index_urls() {
+    let index = EvidenceIndex::from_url("file:///data/index").unwrap();
+    assert_eq!(index.prefix().as_ref(), "data/index");
+    let index = EvidenceIndex::from_url("memory:///").unwrap();
+    assert!(index.prefix().as_ref().is_empty());
+    let error = EvidenceIndex::from_url("nope://bucket/x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("invalid index url nope://bucket/x"),
+        "{error}"
+    );
+}
