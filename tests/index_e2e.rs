@@ -190,3 +190,54 @@ fn probe_and_bad_input_errors_are_one_line() {
     assert!(!missing_model.status.success());
     assert!(String::from_utf8_lossy(&missing_model.stderr).contains("/nonexistent/model"));
 }
+
+#[test]
+fn frames_resized_for_the_model_have_sides_in_multiples_of_28() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        clip.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("frames");
+    let output = vidx(&[
+        "frames",
+        clip.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resize",
+        "model",
+        "--max-frames",
+        "2",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("frames.json")).unwrap()).unwrap();
+    let frames = listed.as_array().unwrap();
+    assert_eq!(frames.len(), 2);
+    for frame in frames {
+        let (width, height) = (
+            frame["width"].as_u64().unwrap(),
+            frame["height"].as_u64().unwrap(),
+        );
+        assert_eq!((width % 28, height % 28), (0, 0), "{frame}");
+        // 320x180 is below Open-o3 Video's minimum of 128*28*28 pixels, so it is scaled up.
+        assert!(width * height >= 128 * 28 * 28, "{frame}");
+        assert!(
+            (width as f64 / height as f64 - 16.0 / 9.0).abs() < 0.2,
+            "aspect kept: {frame}"
+        );
+    }
+    assert!(out.join("frame_0000.png").exists());
+}

@@ -18,6 +18,34 @@ pub struct ProbeArgs {
 pub enum Resize {
     /// The video's own resolution, rotation applied.
     Source,
+    /// What the model sees: Qwen2.5-VL's `smart_resize` (multiples of 28, within Open-o3 Video's
+    /// 128*28*28 to 768*28*28 pixels) with the bicubic, antialiased resize of the reference.
+    Model,
+}
+
+/// Fewest pixels per frame Open-o3 Video feeds the model.
+const MODEL_MIN_PIXELS: usize = 128 * 28 * 28;
+/// Most pixels per frame Open-o3 Video feeds the model.
+const MODEL_MAX_PIXELS: usize = 768 * 28 * 28;
+
+/// A frame resized exactly as the model's processor resizes it.
+fn resize_for_model(frame: Frame) -> media::Result<Frame> {
+    let invalid = |error: vidx_model::Error| media::MediaError::InvalidSpec {
+        reason: format!("cannot resize for the model: {error}"),
+    };
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let (target_height, target_width) =
+        vidx_model::smart_resize(height, width, 28, MODEL_MIN_PIXELS, MODEL_MAX_PIXELS)
+            .map_err(invalid)?;
+    let rgb =
+        vidx_model::resize_rgb_bicubic(&frame.rgb, width, height, target_width, target_height)
+            .map_err(invalid)?;
+    Ok(Frame {
+        width: target_width as u32,
+        height: target_height as u32,
+        rgb,
+        ..frame
+    })
 }
 
 /// Arguments of `vidx frames`.
@@ -64,10 +92,9 @@ pub fn frames(args: &FramesArgs) -> anyhow::Result<()> {
         end_s: args.end,
     };
     let source = VideoSource::from_url(&args.video_url)?;
-    // Each resize mode is one frame transform; `Resize::Model` (the model crate's smart_resize)
-    // slots in here.
     let transform: Box<dyn FnMut(Frame) -> media::Result<Frame>> = match args.resize {
         Resize::Source => Box::new(Ok),
+        Resize::Model => Box::new(resize_for_model),
     };
     let records = media::write_frames_source(
         &source,
