@@ -7,7 +7,7 @@
 //! sharply when other processes compete for the cores, so compare runs on an idle machine.
 //!
 //! `cargo bench -p vidx-model --bench medium`. Environment: `VIDX_FIXTURE_PYTHON` (default
-//! `/work/venv-fixture/bin/python`), `VIDX_FIXTURE_SCRIPT` (default
+//! `<repo>/venv-fixture/bin/python`, made by `scripts/setup-bench-reference.sh`), `VIDX_FIXTURE_SCRIPT` (default
 //! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3).
 
 use std::path::{Path, PathBuf};
@@ -274,7 +274,9 @@ fn main() -> Result<()> {
     let candle = run_candle(repeats)?;
     let python = std::env::var_os("VIDX_FIXTURE_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/venv-fixture/bin/python"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../venv-fixture/bin/python")
+        });
     let script = std::env::var_os("VIDX_FIXTURE_SCRIPT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
