@@ -20,6 +20,10 @@ struct CoordinatorProcess {
 
 impl CoordinatorProcess {
     async fn start(redis_url: &str) -> CoordinatorProcess {
+        Self::start_with_env(redis_url, &[]).await
+    }
+
+    async fn start_with_env(redis_url: &str, env: &[(String, String)]) -> CoordinatorProcess {
         let port = free_port().unwrap();
         let metrics_port = free_port().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vidx"))
@@ -33,6 +37,10 @@ impl CoordinatorProcess {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .env("VIDX_TOKEN", "restart-token")
             .env("RUST_LOG", "warn")
+            .envs(
+                env.iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -133,4 +141,64 @@ async fn killed_coordinator_loses_nothing() {
     let status = client.status(&pass_id).await.unwrap();
     assert_eq!((status.counts.done, status.counts.total()), (300, 300));
     assert_eq!(status.state, PassState::Finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_an_s3_prefix_with_credentials_from_the_environment() {
+    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let s3 = vidx_testkit::s3::S3Server::start().expect("s3s-fs starts (run scripts/setup.sh)");
+    s3.create_bucket("media").unwrap();
+    let videos = s3.root().join("media/videos");
+    std::fs::create_dir_all(videos.join("2026")).unwrap();
+    for (name, size) in [
+        ("a.mp4", 11),
+        ("2026/b.mkv", 22),
+        ("notes.txt", 5),
+        ("c.webm", 33),
+    ] {
+        std::fs::write(videos.join(name), vec![7u8; size]).unwrap();
+    }
+    std::fs::write(s3.root().join("media/outside.mp4"), b"x").unwrap();
+    let env: Vec<(String, String)> = s3
+        .config()
+        .into_iter()
+        .map(|(key, value)| (key.to_uppercase(), value))
+        .collect();
+    let coordinator = CoordinatorProcess::start_with_env(&redis.url(), &env).await;
+    let mut client = CoordinatorClient::connect(&coordinator.config())
+        .await
+        .unwrap();
+    let pass_id = submit_and_plan(&mut client, "s3://media/videos/", "s3://media/index/")
+        .await
+        .unwrap();
+
+    let jobs = client
+        .list_jobs(&pass_id, None, 100, None)
+        .await
+        .unwrap()
+        .items;
+    let mut listed: Vec<(String, u64)> = jobs
+        .iter()
+        .map(|job| (job.spec.video_url.clone(), job.spec.size_bytes))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("s3://media/videos/2026/b.mkv".to_owned(), 22),
+            ("s3://media/videos/a.mp4".to_owned(), 11),
+            ("s3://media/videos/c.webm".to_owned(), 33),
+        ]
+    );
+
+    let missing = submit_and_plan(
+        &mut client,
+        "s3://no-such-bucket/videos/",
+        "s3://media/index/",
+    )
+    .await;
+    let reason = missing
+        .expect_err("planning a missing bucket fails")
+        .to_string();
+    assert!(reason.contains("planning failed"), "{reason}");
 }
