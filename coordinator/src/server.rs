@@ -146,7 +146,6 @@ async fn reap_loop(coordinator: Coordinator, interval: Duration, mut stop: watch
             match coordinator.store().reap_expired(now_ms(), LIMIT).await {
                 Ok(reaped) if reaped > 0 => {
                     info!(reaped, "expired leases returned to the queue");
-                    coordinator.metrics().leases_in_flight.sub(reaped as i64);
                     if reaped < u64::from(LIMIT) {
                         break;
                     }

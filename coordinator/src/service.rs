@@ -163,9 +163,7 @@ impl Coordinator {
             max_jobs,
             lease_ms,
         };
-        let leased = self.store.lease(&request, now_ms()).await?;
-        self.metrics.leases_in_flight.add(leased.len() as i64);
-        Ok(leased)
+        self.store.lease(&request, now_ms()).await
     }
 
     /// Extends a lease.
@@ -206,7 +204,6 @@ impl Coordinator {
             .store
             .complete(job_id, lease_id, completion, now_ms())
             .await?;
-        self.metrics.leases_in_flight.dec();
         self.metrics.job_outcomes.with_label_values(&["done"]).inc();
         self.metrics
             .job_duration
@@ -241,7 +238,6 @@ impl Coordinator {
             .store
             .fail(job_id, lease_id, &reason, retryable, now_ms())
             .await?;
-        self.metrics.leases_in_flight.dec();
         self.metrics
             .job_outcomes
             .with_label_values(&[outcome.state.as_str()])

@@ -127,20 +127,18 @@ pub fn segments(duration_s: f64, length_s: f64) -> Vec<Segment> {
 }
 
 fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
-    let scaled = if image.width > THUMBNAIL_MAX_WIDTH {
+    // Only a wide frame is scaled down; either way the pixels are copied once, into the encoder.
+    let (width, height, data) = if image.width > THUMBNAIL_MAX_WIDTH {
         let height = (image.height * THUMBNAIL_MAX_WIDTH / image.width).max(1);
-        image
+        let scaled = image
             .resized(THUMBNAIL_MAX_WIDTH, height)
-            .map_err(model_failure)?
+            .map_err(model_failure)?;
+        (scaled.width, scaled.height, scaled.data)
     } else {
-        image.clone()
+        (image.width, image.height, image.data.clone())
     };
-    let buffer = image::RgbImage::from_raw(
-        scaled.width as u32,
-        scaled.height as u32,
-        scaled.data.clone(),
-    )
-    .ok_or_else(|| invalid("thumbnail buffer does not match its size".into()))?;
+    let buffer = image::RgbImage::from_raw(width as u32, height as u32, data)
+        .ok_or_else(|| invalid("thumbnail buffer does not match its size".into()))?;
     let mut bytes = Cursor::new(Vec::new());
     buffer
         .write_to(&mut bytes, image::ImageFormat::Png)
@@ -148,8 +146,8 @@ fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
     Ok(EncodedImage {
         bytes: Bytes::from(bytes.into_inner()),
         content_type: "image/png".into(),
-        width: scaled.width as u32,
-        height: scaled.height as u32,
+        width: width as u32,
+        height: height as u32,
     })
 }
 
