@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use ffmpeg::format::context::{Input, StreamIo};
 use ffmpeg::media::Type as MediaType;
@@ -45,14 +44,13 @@ pub(crate) struct OpenedVideo {
 
 impl OpenedVideo {
     /// Opens `source`; every FFmpeg call made through the result stops with an error once
-    /// `time_budget` has passed since this call.
+    /// `deadline` has passed (several copies of one video opened for one call share it).
     pub(crate) fn open(
         source: &VideoSource,
         read: &ReadOptions,
-        time_budget: Duration,
+        deadline: Deadline,
     ) -> Result<Self> {
         init_ffmpeg();
-        let deadline = Deadline::new(time_budget);
         let reader = ObjectReader::open(source, read)?;
         let size_bytes = reader.size();
         let shared = reader.shared();

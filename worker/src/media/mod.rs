@@ -12,6 +12,7 @@ mod convert;
 mod demux;
 mod error;
 mod export;
+mod parallel;
 mod probe;
 mod reader;
 mod sample;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::demux::OpenedVideo;
 use super::error::{MediaError, Result};
-use super::reader::ReadOptions;
+use super::reader::{Deadline, ReadOptions};
 use super::source::VideoSource;
 
 /// Video packets read at most to find the keyframe spacing of a container without an index.
@@ -80,7 +80,7 @@ pub fn probe(url: &str) -> Result<ProbeInfo> {
 
 /// Probes a video in a store the caller already holds. Blocking: call from `spawn_blocking`.
 pub fn probe_source(source: &VideoSource, options: &ProbeOptions) -> Result<ProbeInfo> {
-    let mut video = OpenedVideo::open(source, &options.read, options.time_budget)?;
+    let mut video = OpenedVideo::open(source, &options.read, Deadline::new(options.time_budget))?;
     let rotation = video.rotation();
     let duration_s = video.duration_s();
     let (codec, coded_width, coded_height, avg_frame_rate, real_frame_rate, frame_count) = {

@@ -6,8 +6,12 @@
 //! Decoding reads only what the targets need: it seeks to the keyframe before a target only when
 //! that keyframe lies beyond the current decoding position (otherwise decoding forward is
 //! cheaper), skips non-reference frames well before a target for codecs where that is safe, and
-//! stops after the last target. A time budget and a decoded-frame budget bound every call.
+//! stops after the last target. Runs of targets after different keyframes are decoded side by
+//! side when the container indexes its keyframes (see `parallel.rs`). A time budget and a
+//! decoded-frame budget bound every call.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ffmpeg::codec::threading;
@@ -18,8 +22,9 @@ use tracing::{debug, warn};
 use super::convert::RgbConverter;
 use super::demux::OpenedVideo;
 use super::error::{Budget, MediaError, Result};
+use super::parallel;
 use super::probe::rate;
-use super::reader::ReadOptions;
+use super::reader::{Deadline, ReadOptions};
 use super::source::VideoSource;
 
 /// Frames decoded per kept frame allowed by the automatic frame budget (a 10 s GOP at 120 fps).
@@ -66,8 +71,13 @@ pub struct DecodeLimits {
     pub max_decoded_frames: Option<u64>,
     /// Largest picture accepted, in pixels (width times height).
     pub max_pixels: u64,
-    /// Decoder threads; 0 lets FFmpeg choose (one per core plus one, as the CLI does).
+    /// Decoding threads: 0 uses every core. Runs of targets after different keyframes go to
+    /// single-threaded decoders side by side, one per thread; a single run gets one decoder with
+    /// FFmpeg's frame threading.
     pub threads: usize,
+    /// Bytes of decoded frames that decoders running ahead may hold while the caller still waits
+    /// for an earlier frame; at least one frame is always allowed.
+    pub reorder_bytes: u64,
 }
 
 impl Default for DecodeLimits {
@@ -77,6 +87,7 @@ impl Default for DecodeLimits {
             max_decoded_frames: None,
             max_pixels: 8192 * 4352,
             threads: 0,
+            reorder_bytes: 256 << 20,
         }
     }
 }
@@ -132,6 +143,8 @@ pub struct SampleStats {
     pub packets_decoded: u64,
     /// Seeks made.
     pub seeks: u64,
+    /// Decoders that ran side by side (1 when sampling ran on one decoder).
+    pub decoders: usize,
     /// Bytes fetched from the store.
     pub bytes_fetched: u64,
     /// Ranged requests made to the store.
@@ -177,9 +190,14 @@ pub fn sample_source(
     Ok(Sampled { frames, stats })
 }
 
-/// Samples frames and hands each to `on_frame` as soon as it is decoded, so a caller that
-/// resizes or writes frames never holds them all at full size. An error from `on_frame` stops
-/// sampling and is returned.
+/// Samples frames and hands each to `on_frame` in presentation order as soon as it can, so a
+/// caller that resizes or writes frames never holds them all at full size. An error from
+/// `on_frame` stops sampling and is returned.
+///
+/// When the container indexes its keyframes and targets fall after more than one of them, the
+/// runs of targets between keyframes are independent of each other: they are decoded by several
+/// single-threaded decoders at once (see [`super::parallel`]), which uses the cores better than
+/// one frame-threaded decoder once non-reference frames are skipped.
 pub fn sample_source_with(
     source: &VideoSource,
     spec: &SamplingSpec,
@@ -187,8 +205,55 @@ pub fn sample_source_with(
     on_frame: impl FnMut(Frame) -> Result<()>,
 ) -> Result<SampleStats> {
     validate_spec(spec)?;
-    let video = OpenedVideo::open(source, &options.read, options.limits.time_budget)?;
-    Sampler::new(video, spec, &options.limits)?.run(on_frame)
+    let deadline = Deadline::new(options.limits.time_budget);
+    let mut video = OpenedVideo::open(source, &options.read, deadline)?;
+    let plan = Plan::new(&mut video, spec, &options.limits)?;
+    let call = CallShared::new(deadline, plan.max_decoded_frames);
+    let mut delivery = Delivery::new(on_frame);
+    let groups = keyframe_groups(&plan.targets, &plan.keyframes_s);
+    let layout = parallel::layout(options.limits.threads, groups.len());
+    let (end, counters) = match layout {
+        Some(layout) => {
+            let first = Sampler::new(video, &plan, layout.threads_per_decoder, &call)?;
+            first.check_size(options.limits.max_pixels)?;
+            parallel::run(
+                parallel::Job {
+                    source,
+                    read: &options.read,
+                    plan: &plan,
+                    groups: &groups,
+                    call: &call,
+                    reorder_bytes: options.limits.reorder_bytes,
+                },
+                layout,
+                first,
+                &mut delivery,
+            )?
+        }
+        None => {
+            let mut sampler = Sampler::new(video, &plan, options.limits.threads, &call)?;
+            sampler.check_size(options.limits.max_pixels)?;
+            let mut converter = RgbConverter::new();
+            let end = sampler.run_targets(&plan.targets, &mut converter, &mut |frame| {
+                delivery.deliver(frame)
+            })?;
+            (end, sampler.counters())
+        }
+    };
+    let ended_early = finish(&plan, end, delivery.kept, &source.uri)?;
+    Ok(SampleStats {
+        targets: plan.targets.len(),
+        frames_kept: delivery.kept,
+        frames_decoded: counters.frames_decoded,
+        packets_decoded: counters.packets_decoded,
+        seeks: counters.seeks,
+        bytes_fetched: counters.bytes_fetched,
+        requests: counters.requests,
+        decoders: layout.map_or(1, |layout| layout.decoders),
+        rotation: plan.rotation,
+        duration_s: plan.duration_s,
+        ended_early,
+    })
 }
 
 fn validate_spec(spec: &SamplingSpec) -> Result<()> {
@@ -271,33 +336,239 @@ fn skip_nonref_is_safe(id: ffmpeg::codec::Id) -> bool {
     )
 }
 
-struct Sampler {
+/// Splits sorted `targets` into runs that follow the same keyframe: each run can be decoded on
+/// its own after a seek to its keyframe. Without a keyframe index everything is one run.
+pub(super) fn keyframe_groups(targets: &[f64], keyframes_s: &[f64]) -> Vec<Range<usize>> {
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let governing =
+        |target: f64| keyframes_s.partition_point(|keyframe| *keyframe <= target + TIME_EPSILON_S);
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for index in 1..targets.len() {
+        if governing(targets[index]) != governing(targets[start]) {
+            groups.push(start..index);
+            start = index;
+        }
+    }
+    groups.push(start..targets.len());
+    groups
+}
+
+/// What is decided once per call from the first opened copy of the video.
+pub(super) struct Plan {
+    /// Target times, ascending.
+    pub(super) targets: Vec<f64>,
+    /// Indexed keyframe times, ascending; empty when the container has no index.
+    pub(super) keyframes_s: Vec<f64>,
+    pub(super) rotation: u32,
+    pub(super) duration_s: Option<f64>,
+    pub(super) max_decoded_frames: u64,
+}
+
+impl Plan {
+    fn new(video: &mut OpenedVideo, spec: &SamplingSpec, limits: &DecodeLimits) -> Result<Self> {
+        let duration_s = video.duration_s();
+        let keyframes_s = video.indexed_keyframes_s();
+        let video_fps = {
+            let stream = video.video_stream();
+            rate(stream.avg_frame_rate()).or_else(|| rate(stream.rate()))
+        };
+        let targets = plan_targets(spec, duration_s, video_fps)?;
+        let max_decoded_frames = limits
+            .max_decoded_frames
+            .unwrap_or(DECODED_FRAMES_BASE + DECODED_FRAMES_PER_TARGET * targets.len() as u64);
+        debug!(
+            uri = %video.uri,
+            targets = targets.len(),
+            keyframes = keyframes_s.len(),
+            "sampling planned"
+        );
+        Ok(Self {
+            targets,
+            keyframes_s,
+            rotation: video.rotation(),
+            duration_s,
+            max_decoded_frames,
+        })
+    }
+}
+
+/// What every decoder of one call shares: the clock, the decoded-frame budget and the signal to
+/// stop early.
+pub(super) struct CallShared {
+    pub(super) deadline: Deadline,
+    max_decoded_frames: u64,
+    frames_decoded: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl CallShared {
+    fn new(deadline: Deadline, max_decoded_frames: u64) -> Self {
+        Self {
+            deadline,
+            max_decoded_frames,
+            frames_decoded: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Tells every decoder to stop at its next packet: the caller has what it needs, or failed.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Hands frames to the caller in order: numbers them and drops a frame already handed over for an
+/// earlier target (two runs of targets can end on the same frame when a keyframe is late).
+pub(super) struct Delivery<F> {
+    on_frame: F,
+    kept: usize,
+    last_t: Option<f64>,
+}
+
+impl<F: FnMut(Frame) -> Result<()>> Delivery<F> {
+    fn new(on_frame: F) -> Self {
+        Self {
+            on_frame,
+            kept: 0,
+            last_t: None,
+        }
+    }
+
+    pub(super) fn deliver(&mut self, mut frame: Frame) -> Result<()> {
+        if self
+            .last_t
+            .is_some_and(|last| frame.t_s <= last + TIME_EPSILON_S)
+        {
+            return Ok(());
+        }
+        frame.index = self.kept;
+        self.kept += 1;
+        self.last_t = Some(frame.t_s);
+        (self.on_frame)(frame)
+    }
+}
+
+/// How a run over some targets ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum RunEnd {
+    /// Every target was served.
+    Complete,
+    /// The stream ended before `next_target_s`.
+    StreamEnded {
+        next_target_s: f64,
+        last_frame_t: Option<f64>,
+        /// The bytes end before the data the container points at: an interrupted upload.
+        truncated: bool,
+    },
+    /// [`CallShared::stop`] was called.
+    Stopped,
+}
+
+/// Decides what running out of stream before the last target means: a truncated upload is an
+/// error; a container that merely declares more than it holds gives the frames it has. Returns
+/// whether the stream ended early.
+fn finish(plan: &Plan, end: RunEnd, kept: usize, uri: &str) -> Result<bool> {
+    let RunEnd::StreamEnded {
+        next_target_s,
+        last_frame_t,
+        truncated,
+    } = end
+    else {
+        return Ok(false);
+    };
+    let uri = uri.to_owned();
+    if truncated {
+        return Err(MediaError::Truncated {
+            uri,
+            decoded_until_s: last_frame_t.unwrap_or(0.0),
+            declared_s: plan.duration_s.unwrap_or(0.0),
+        });
+    }
+    if kept == 0 {
+        return Err(MediaError::NoFrames { uri });
+    }
+    warn!(
+        %uri,
+        kept,
+        planned = plan.targets.len(),
+        next_target = next_target_s,
+        last_frame = last_frame_t.unwrap_or(0.0),
+        "stream ended before the declared duration"
+    );
+    Ok(true)
+}
+
+/// Work counters of one decoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counters {
+    pub(super) frames_decoded: u64,
+    pub(super) packets_decoded: u64,
+    pub(super) seeks: u64,
+    pub(super) bytes_fetched: u64,
+    pub(super) requests: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, other: Self) {
+        self.frames_decoded += other.frames_decoded;
+        self.packets_decoded += other.packets_decoded;
+        self.seeks += other.seeks;
+        self.bytes_fetched += other.bytes_fetched;
+        self.requests += other.requests;
+    }
+}
+
+/// One demuxer and decoder over one opened copy of the video. It serves runs of targets in
+/// ascending order and carries its position from one run to the next, so it seeks only when
+/// the next target's keyframe lies beyond what it has already read.
+pub(super) struct Sampler<'call> {
     video: OpenedVideo,
     decoder: ffmpeg::decoder::Video,
-    targets: Vec<f64>,
+    packet: ffmpeg::Packet,
+    decoded: ffmpeg::frame::Video,
     rotation: u32,
     time_base: f64,
     start_offset_s: f64,
     frame_interval_s: f64,
     keyframes_s: Vec<f64>,
     skip_nonref: bool,
-    max_decoded_frames: u64,
-    stats: SampleStats,
+    call: &'call CallShared,
+    counters: Counters,
+    /// Latest presentation time of a video packet read since the last seek.
+    packet_position: Option<f64>,
+    last_keyframe_packet: Option<f64>,
+    /// Longest keyframe interval seen, to decide on seeking when there is no index.
+    observed_gap: Option<f64>,
+    seeking_enabled: bool,
+    /// Time of the last frame handed over, so one frame is never kept for two runs.
+    last_emitted: Option<f64>,
+    last_frame_t: Option<f64>,
+    consecutive_errors: u32,
 }
 
-impl Sampler {
-    fn new(mut video: OpenedVideo, spec: &SamplingSpec, limits: &DecodeLimits) -> Result<Self> {
+impl<'call> Sampler<'call> {
+    /// Opens a decoder for `video`; `threads` 0 lets FFmpeg choose, 1 decodes on the calling
+    /// thread only.
+    pub(super) fn new(
+        video: OpenedVideo,
+        plan: &Plan,
+        threads: usize,
+        call: &'call CallShared,
+    ) -> Result<Self> {
         let uri = video.uri.clone();
-        let rotation = video.rotation();
-        let duration_s = video.duration_s();
         let start_offset_s = video.start_time_s();
-        let keyframes_s = video.indexed_keyframes_s();
         let (parameters, stream_time_base, video_fps) = {
             let stream = video.video_stream();
             let fps = rate(stream.avg_frame_rate()).or_else(|| rate(stream.rate()));
             (stream.parameters(), stream.time_base(), fps)
         };
-        let time_base = f64::from(stream_time_base);
         let codec_id = parameters.id();
         if ffmpeg::decoder::find(codec_id).is_none() {
             return Err(MediaError::UnsupportedCodec {
@@ -309,7 +580,7 @@ impl Sampler {
             .map_err(|error| video.read_error("reading codec parameters", error))?;
         context.set_threading(threading::Config {
             kind: threading::Type::Frame,
-            count: limits.threads,
+            count: threads,
             ..Default::default()
         });
         let mut decoder = context.decoder();
@@ -321,41 +592,52 @@ impl Sampler {
             },
             other => video.read_error("opening the decoder", other),
         })?;
-        let pixels = u64::from(decoder.width()) * u64::from(decoder.height());
-        if pixels > limits.max_pixels {
-            return Err(MediaError::TooLarge {
-                uri,
-                width: decoder.width(),
-                height: decoder.height(),
-                limit: limits.max_pixels,
-            });
-        }
-        let targets = plan_targets(spec, duration_s, video_fps)?;
-        let max_decoded_frames = limits
-            .max_decoded_frames
-            .unwrap_or(DECODED_FRAMES_BASE + DECODED_FRAMES_PER_TARGET * targets.len() as u64);
-        debug!(%uri, targets = targets.len(), keyframes = keyframes_s.len(), rotation, "sampling planned");
-        let stats = SampleStats {
-            targets: targets.len(),
-            rotation,
-            duration_s,
-            ..Default::default()
-        };
         Ok(Self {
             video,
             decoder,
-            targets,
-            rotation,
-            time_base,
+            packet: ffmpeg::Packet::empty(),
+            decoded: ffmpeg::frame::Video::empty(),
+            rotation: plan.rotation,
+            time_base: f64::from(stream_time_base),
             start_offset_s,
             frame_interval_s: video_fps
                 .filter(|fps| *fps > 0.0)
                 .map_or(0.04, |fps| 1.0 / fps),
-            keyframes_s,
+            keyframes_s: plan.keyframes_s.clone(),
             skip_nonref: skip_nonref_is_safe(codec_id),
-            max_decoded_frames,
-            stats,
+            call,
+            counters: Counters::default(),
+            packet_position: None,
+            last_keyframe_packet: None,
+            observed_gap: None,
+            seeking_enabled: true,
+            last_emitted: None,
+            last_frame_t: None,
+            consecutive_errors: 0,
         })
+    }
+
+    /// Refuses pictures larger than `max_pixels`, before anything is decoded.
+    pub(super) fn check_size(&self, max_pixels: u64) -> Result<()> {
+        let (width, height) = (self.decoder.width(), self.decoder.height());
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(MediaError::TooLarge {
+                uri: self.video.uri.clone(),
+                width,
+                height,
+                limit: max_pixels,
+            });
+        }
+        Ok(())
+    }
+
+    /// The work done so far, reads from the store included.
+    pub(super) fn counters(&self) -> Counters {
+        Counters {
+            bytes_fetched: self.video.shared.bytes_fetched.load(Ordering::Relaxed),
+            requests: self.video.shared.requests.load(Ordering::Relaxed),
+            ..self.counters
+        }
     }
 
     /// Seconds from the start of the video for a timestamp in the stream's time base.
@@ -364,7 +646,8 @@ impl Sampler {
     }
 
     /// Whether to seek for `target` given the last demuxed video packet time `position`.
-    fn should_seek(&self, target: f64, position: Option<f64>, observed_gap: Option<f64>) -> bool {
+    fn should_seek(&self, target: f64) -> bool {
+        let position = self.packet_position;
         if !self.keyframes_s.is_empty() {
             // The last keyframe at or before the target; seeking pays off only if it lies ahead.
             let index = self
@@ -380,7 +663,8 @@ impl Sampler {
         }
         let position = position.unwrap_or(0.0);
         target - position
-            > observed_gap
+            > self
+                .observed_gap
                 .unwrap_or(DEFAULT_SEEK_GAP_S)
                 .max(DEFAULT_SEEK_GAP_S)
     }
@@ -391,7 +675,9 @@ impl Sampler {
         match self.video.input.seek(timestamp_us, ..timestamp_us) {
             Ok(()) => {
                 self.decoder.flush();
-                self.stats.seeks += 1;
+                self.counters.seeks += 1;
+                self.packet_position = None;
+                self.last_keyframe_packet = None;
                 true
             }
             Err(error) => {
@@ -401,109 +687,75 @@ impl Sampler {
         }
     }
 
-    fn check_budgets(&self) -> Result<()> {
-        if self.video.deadline.expired() {
+    fn check_budgets(&self, kept: usize, targets: usize) -> Result<()> {
+        if self.call.deadline.expired() {
             return Err(MediaError::BudgetExceeded {
                 uri: self.video.uri.clone(),
                 budget: Budget::Time,
                 detail: format!(
-                    "{} of {} frames kept after {:?}",
-                    self.stats.frames_kept,
-                    self.targets.len(),
-                    self.video.deadline.budget()
+                    "{kept} of {targets} frames of this run kept after {:?}",
+                    self.call.deadline.budget()
                 ),
             });
         }
-        if self.stats.frames_decoded > self.max_decoded_frames {
+        let decoded = self.call.frames_decoded.load(Ordering::Relaxed);
+        if decoded > self.call.max_decoded_frames {
             return Err(MediaError::BudgetExceeded {
                 uri: self.video.uri.clone(),
                 budget: Budget::DecodedFrames,
                 detail: format!(
-                    "decoded {} frames for {} of {} targets",
-                    self.stats.frames_decoded,
-                    self.stats.frames_kept,
-                    self.targets.len()
+                    "decoded {decoded} frames, over the budget of {}, with {kept} of {targets} \
+                     frames of this run kept",
+                    self.call.max_decoded_frames
                 ),
             });
         }
         Ok(())
     }
 
-    fn run(mut self, mut on_frame: impl FnMut(Frame) -> Result<()>) -> Result<SampleStats> {
-        let mut converter = RgbConverter::new();
-        let mut packet = ffmpeg::Packet::empty();
-        let mut decoded = ffmpeg::frame::Video::empty();
-        let mut next_target = 0usize;
-        let mut packet_position: Option<f64> = None;
-        let mut last_keyframe_packet: Option<f64> = None;
-        let mut observed_gap: Option<f64> = None;
-        let mut seeking_enabled = true;
+    /// Decodes forward (seeking where it pays) until a frame is handed to `on_frame` for every
+    /// one of `targets`, the stream ends, or the call is stopped.
+    pub(super) fn run_targets(
+        &mut self,
+        targets: &[f64],
+        converter: &mut RgbConverter,
+        on_frame: &mut impl FnMut(Frame) -> Result<()>,
+    ) -> Result<RunEnd> {
+        // Targets at or before the last frame handed over are served by it already: it was the
+        // first frame at or after an earlier target, so nothing lies between.
+        let mut next_target = self.last_emitted.map_or(0, |emitted| {
+            targets.partition_point(|target| *target <= emitted + TIME_EPSILON_S)
+        });
+        let mut kept = 0usize;
         let mut last_seek_target: Option<usize> = None;
-        let mut consecutive_errors = 0u32;
-        let mut last_emitted: Option<f64> = None;
-        let mut last_frame_t: Option<f64> = None;
-
-        while next_target < self.targets.len() {
-            self.check_budgets()?;
-            let target = self.targets[next_target];
+        while next_target < targets.len() {
+            if self.call.stopped() {
+                return Ok(RunEnd::Stopped);
+            }
+            self.check_budgets(kept, targets.len())?;
+            let target = targets[next_target];
             // One seek per target at most: a stream without timestamps must not seek forever.
-            if seeking_enabled
+            if self.seeking_enabled
                 && last_seek_target != Some(next_target)
-                && self.should_seek(target, packet_position, observed_gap)
+                && self.should_seek(target)
             {
                 last_seek_target = Some(next_target);
-                if self.seek(target) {
-                    packet_position = None;
-                    last_keyframe_packet = None;
-                } else {
-                    seeking_enabled = false;
+                if !self.seek(target) {
+                    self.seeking_enabled = false;
                 }
             }
-            // Demux one packet of the video stream.
-            let end_of_stream = loop {
-                match packet.read(&mut self.video.input) {
-                    Ok(()) if packet.stream() == self.video.video_index => break false,
-                    Ok(()) => {}
-                    Err(ffmpeg::Error::Eof) => break true,
-                    Err(error) => {
-                        if let Some(store_error) = self.video.shared.take_error() {
-                            return Err(store_error);
-                        }
-                        if matches!(error, ffmpeg::Error::Exit) {
-                            return Err(self.video.read_error("reading packets", error));
-                        }
-                        // A damaged tail: treat like the end, the end-of-stream checks decide.
-                        debug!(uri = %self.video.uri, %error, "demuxing stopped");
-                        break true;
-                    }
-                }
-            };
-            if end_of_stream {
+            if !self.read_video_packet()? {
                 if self.decoder.send_eof().is_ok() {
-                    self.drain(
-                        &mut decoded,
-                        &mut converter,
-                        &mut next_target,
-                        &mut last_emitted,
-                        &mut last_frame_t,
-                        &mut on_frame,
-                    )?;
+                    self.drain(targets, &mut next_target, &mut kept, converter, on_frame)?;
                 }
                 break;
             }
-            let packet_time = packet.pts().or(packet.dts()).map(|ts| self.seconds(ts));
-            if let Some(time) = packet_time {
-                packet_position = Some(packet_position.map_or(time, |p: f64| p.max(time)));
-                if packet.is_key() {
-                    if let Some(previous) = last_keyframe_packet
-                        && time > previous
-                    {
-                        let gap = time - previous;
-                        observed_gap = Some(observed_gap.map_or(gap, |g: f64| g.max(gap)));
-                    }
-                    last_keyframe_packet = Some(time);
-                }
-            }
+            let packet_time = self
+                .packet
+                .pts()
+                .or(self.packet.dts())
+                .map(|ts| self.seconds(ts));
+            self.note_packet_time(packet_time);
             if self.skip_nonref {
                 let far_before_target =
                     packet_time.is_some_and(|time| time < target - 2.0 * self.frame_interval_s);
@@ -513,87 +765,89 @@ impl Sampler {
                     ffmpeg::Discard::Default
                 });
             }
-            self.stats.packets_decoded += 1;
-            match self.decoder.send_packet(&packet) {
-                Ok(()) => consecutive_errors = 0,
+            self.counters.packets_decoded += 1;
+            match self.decoder.send_packet(&self.packet) {
+                Ok(()) => self.consecutive_errors = 0,
                 Err(ffmpeg::Error::InvalidData) => {
-                    consecutive_errors += 1;
-                    if consecutive_errors > MAX_CONSECUTIVE_DECODE_ERRORS {
+                    self.consecutive_errors += 1;
+                    if self.consecutive_errors > MAX_CONSECUTIVE_DECODE_ERRORS {
                         return Err(MediaError::Corrupt {
                             uri: self.video.uri.clone(),
-                            reason: format!("{consecutive_errors} undecodable packets in a row"),
+                            reason: format!(
+                                "{} undecodable packets in a row",
+                                self.consecutive_errors
+                            ),
                         });
                     }
                     continue;
                 }
                 Err(error) => return Err(self.video.read_error("decoding", error)),
             }
-            self.drain(
-                &mut decoded,
-                &mut converter,
-                &mut next_target,
-                &mut last_emitted,
-                &mut last_frame_t,
-                &mut on_frame,
-            )?;
+            self.drain(targets, &mut next_target, &mut kept, converter, on_frame)?;
         }
-
-        if next_target < self.targets.len() {
-            self.finish_early(next_target, last_frame_t)?;
-        }
-        self.stats.bytes_fetched = self
-            .video
-            .shared
-            .bytes_fetched
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.stats.requests = self
-            .video
-            .shared
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed);
-        Ok(self.stats)
-    }
-
-    /// Decides what running out of stream before the last target means: a truncated upload is
-    /// an error; a container that merely declares more than it holds gives the frames it has.
-    fn finish_early(&mut self, next_target: usize, last_frame_t: Option<f64>) -> Result<()> {
-        let uri = self.video.uri.clone();
-        let declared_s = self.stats.duration_s.unwrap_or(0.0);
-        if self.video.looks_truncated() {
-            return Err(MediaError::Truncated {
-                uri,
-                decoded_until_s: last_frame_t.unwrap_or(0.0),
-                declared_s,
+        if next_target < targets.len() {
+            // The decoder has been sent its end; after a seek it would take packets again, but
+            // nothing lies beyond the end of the stream.
+            return Ok(RunEnd::StreamEnded {
+                next_target_s: targets[next_target],
+                last_frame_t: self.last_frame_t,
+                truncated: self.video.looks_truncated(),
             });
         }
-        if self.stats.frames_kept == 0 {
-            return Err(MediaError::NoFrames { uri });
+        Ok(RunEnd::Complete)
+    }
+
+    /// Reads packets until one of the video stream is in `self.packet`; false at the end of the
+    /// stream (or of its readable part).
+    fn read_video_packet(&mut self) -> Result<bool> {
+        loop {
+            match self.packet.read(&mut self.video.input) {
+                Ok(()) if self.packet.stream() == self.video.video_index => return Ok(true),
+                Ok(()) => {}
+                Err(ffmpeg::Error::Eof) => return Ok(false),
+                Err(error) => {
+                    if let Some(store_error) = self.video.shared.take_error() {
+                        return Err(store_error);
+                    }
+                    if matches!(error, ffmpeg::Error::Exit) {
+                        return Err(self.video.read_error("reading packets", error));
+                    }
+                    // A damaged tail: treat like the end, the end-of-stream checks decide.
+                    debug!(uri = %self.video.uri, %error, "demuxing stopped");
+                    return Ok(false);
+                }
+            }
         }
-        warn!(
-            %uri,
-            kept = self.stats.frames_kept,
-            planned = self.targets.len(),
-            next_target = self.targets[next_target],
-            last_frame = last_frame_t.unwrap_or(0.0),
-            "stream ended before the declared duration"
-        );
-        self.stats.ended_early = true;
-        Ok(())
+    }
+
+    /// Tracks the read position and the keyframe interval from a packet's time.
+    fn note_packet_time(&mut self, packet_time: Option<f64>) {
+        let Some(time) = packet_time else { return };
+        self.packet_position = Some(self.packet_position.map_or(time, |p| p.max(time)));
+        if self.packet.is_key() {
+            if let Some(previous) = self.last_keyframe_packet
+                && time > previous
+            {
+                let gap = time - previous;
+                self.observed_gap = Some(self.observed_gap.map_or(gap, |g| g.max(gap)));
+            }
+            self.last_keyframe_packet = Some(time);
+        }
     }
 
     /// Takes every frame the decoder has ready; keeps those that are the first at or after a
     /// pending target.
     fn drain(
         &mut self,
-        decoded: &mut ffmpeg::frame::Video,
-        converter: &mut RgbConverter,
+        targets: &[f64],
         next_target: &mut usize,
-        last_emitted: &mut Option<f64>,
-        last_frame_t: &mut Option<f64>,
+        kept: &mut usize,
+        converter: &mut RgbConverter,
         on_frame: &mut impl FnMut(Frame) -> Result<()>,
     ) -> Result<()> {
-        loop {
-            match self.decoder.receive_frame(decoded) {
+        // Frames after the last target stay in the decoder for the next run.
+        while *next_target < targets.len() {
+            match self.decoder.receive_frame(&mut self.decoded) {
                 Ok(()) => {}
                 Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
                     return Ok(());
@@ -602,40 +856,40 @@ impl Sampler {
                 Err(ffmpeg::Error::InvalidData) => continue,
                 Err(error) => return Err(self.video.read_error("decoding", error)),
             }
-            self.stats.frames_decoded += 1;
-            let t = match decoded.timestamp().or(decoded.pts()) {
+            self.counters.frames_decoded += 1;
+            self.call.frames_decoded.fetch_add(1, Ordering::Relaxed);
+            let t = match self.decoded.timestamp().or(self.decoded.pts()) {
                 Some(timestamp) => self.seconds(timestamp),
-                None => last_frame_t.map_or(0.0, |t| t + self.frame_interval_s),
+                None => self.last_frame_t.map_or(0.0, |t| t + self.frame_interval_s),
             };
-            *last_frame_t = Some(t);
+            self.last_frame_t = Some(t);
             let mut kept_for: Option<f64> = None;
-            while *next_target < self.targets.len()
-                && t + TIME_EPSILON_S >= self.targets[*next_target]
-            {
-                if kept_for.is_none() && last_emitted.is_none_or(|e| t > e + TIME_EPSILON_S) {
-                    kept_for = Some(self.targets[*next_target]);
+            while *next_target < targets.len() && t + TIME_EPSILON_S >= targets[*next_target] {
+                if kept_for.is_none() && self.last_emitted.is_none_or(|e| t > e + TIME_EPSILON_S) {
+                    kept_for = Some(targets[*next_target]);
                 }
                 *next_target += 1;
             }
             let Some(target_s) = kept_for else { continue };
-            if decoded.width() == 0 || decoded.height() == 0 {
+            if self.decoded.width() == 0 || self.decoded.height() == 0 {
                 continue;
             }
             let (width, height, rgb) = converter
-                .convert(decoded, self.rotation)
+                .convert(&self.decoded, self.rotation)
                 .map_err(|error| self.video.read_error("converting to rgb", error))?;
-            *last_emitted = Some(t);
-            let frame = Frame {
-                index: self.stats.frames_kept,
+            self.last_emitted = Some(t);
+            *kept += 1;
+            on_frame(Frame {
+                // Numbered in order of delivery by `Delivery`.
+                index: 0,
                 t_s: t,
                 target_s,
                 width,
                 height,
                 rgb,
-            };
-            self.stats.frames_kept += 1;
-            on_frame(frame)?;
+            })?;
         }
+        Ok(())
     }
 }
 
@@ -680,6 +934,19 @@ mod tests {
         assert_eq!(targets.len(), 10);
         let single = plan_targets(&spec(1.0, 16, 0.0, None), Some(0.04), Some(25.0)).unwrap();
         assert_eq!(single, vec![0.0]);
+    }
+
+    #[test]
+    fn runs_of_targets_break_at_keyframes() {
+        let targets = [0.0, 1.0, 2.0, 3.0, 9.5, 10.0, 10.5];
+        assert_eq!(
+            keyframe_groups(&targets, &[0.0, 2.0, 10.0]),
+            vec![0..2, 2..5, 5..7]
+        );
+        // Targets before the first indexed keyframe form a run of their own.
+        assert_eq!(keyframe_groups(&[0.0, 0.5, 1.5], &[1.0]), vec![0..2, 2..3]);
+        assert_eq!(keyframe_groups(&targets, &[]), vec![0..7]);
+        assert!(keyframe_groups(&[], &[0.0]).is_empty());
     }
 
     #[test]
