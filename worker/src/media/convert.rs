@@ -1,14 +1,27 @@
 //! Decoded pictures to upright, tightly packed RGB24: swscale does the pixel format conversion at
-//! the decoded size, then the buffer is turned by the display rotation.
+//! the decoded size with the stream's own YUV matrix and range (BT.709 for most HD video, full
+//! range for many phones), then the buffer is turned by the display rotation.
+
+use std::ffi::c_int;
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
+use ffmpeg::util::color;
 use ffmpeg_next as ffmpeg;
 
-/// Converts decoded frames to RGB24, keeping one scaler for as long as the input format and size
-/// stay the same (a stream may change resolution midway, as VP9 allows).
+/// What a scaler is built for; a stream may change any of it midway (VP9 changes resolution).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ScalerInput {
+    format: Pixel,
+    width: u32,
+    height: u32,
+    space: color::Space,
+    range: color::Range,
+}
+
+/// Converts decoded frames to RGB24, keeping one scaler for as long as its input stays the same.
 pub(crate) struct RgbConverter {
-    scaler: Option<(Pixel, u32, u32, scaling::Context)>,
+    scaler: Option<(ScalerInput, scaling::Context)>,
     rgb: ffmpeg::frame::Video,
 }
 
@@ -28,11 +41,18 @@ impl RgbConverter {
         rotation: u32,
     ) -> Result<(u32, u32, Vec<u8>), ffmpeg::Error> {
         let (format, width, height) = (frame.format(), frame.width(), frame.height());
-        let reusable = matches!(&self.scaler, Some((f, w, h, _)) if *f == format && *w == width && *h == height);
+        let input = ScalerInput {
+            format,
+            width,
+            height,
+            space: frame.color_space(),
+            range: frame.color_range(),
+        };
+        let reusable = matches!(&self.scaler, Some((built_for, _)) if *built_for == input);
         if !reusable {
             // Plain bicubic, the flags the FFmpeg CLI gives its own conversion, so frames match
             // what `ffmpeg -i IN -pix_fmt rgb24` produces bit for bit.
-            let context = scaling::Context::get(
+            let mut context = scaling::Context::get(
                 format,
                 width,
                 height,
@@ -41,15 +61,66 @@ impl RgbConverter {
                 height,
                 scaling::Flags::BICUBIC,
             )?;
-            self.scaler = Some((format, width, height, context));
+            use_stream_colors(&mut context, input.space, input.range);
+            self.scaler = Some((input, context));
             self.rgb = ffmpeg::frame::Video::empty();
         }
-        let Some((_, _, _, scaler)) = self.scaler.as_mut() else {
+        let Some((_, scaler)) = self.scaler.as_mut() else {
             return Err(ffmpeg::Error::Bug);
         };
         scaler.run(frame, &mut self.rgb)?;
         let packed = pack_rows(&self.rgb, width as usize, height as usize);
         Ok(rotate_rgb(&packed, width, height, rotation))
+    }
+}
+
+/// Tells `scaler` which YUV matrix and sample range the frames use, as the FFmpeg CLI's scale
+/// filter does from each frame's tags (its `in_color_matrix=auto`): an untagged or unknown matrix
+/// is BT.601, an untagged range keeps what the pixel format implies. Without this, swscale reads
+/// every stream as BT.601 and BT.709 video comes out with shifted colours.
+fn use_stream_colors(scaler: &mut scaling::Context, space: color::Space, range: color::Range) {
+    // AVCOL_SPC values swscale has coefficients for; everything else reads as BT.470BG (601).
+    let matrix = match ffmpeg::ffi::AVColorSpace::from(space) as c_int {
+        known @ (1..=7 | 9 | 10) => known,
+        _ => ffmpeg::ffi::AVColorSpace::AVCOL_SPC_BT470BG as c_int,
+    };
+    // SAFETY: `scaler` owns a live SwsContext for the duration of both calls; the out-pointers
+    // are locals, and the tables come from swscale's own static coefficient arrays.
+    unsafe {
+        let context = scaler.as_mut_ptr();
+        let mut inverse_table: *mut c_int = std::ptr::null_mut();
+        let mut table: *mut c_int = std::ptr::null_mut();
+        let (mut source_full, mut destination_full) = (0, 0);
+        let (mut brightness, mut contrast, mut saturation) = (0, 0, 0);
+        let readable = ffmpeg::ffi::sws_getColorspaceDetails(
+            context,
+            &mut inverse_table,
+            &mut source_full,
+            &mut table,
+            &mut destination_full,
+            &mut brightness,
+            &mut contrast,
+            &mut saturation,
+        );
+        // Not a YUV source (RGB, gray in some builds): there is no matrix to choose.
+        if readable < 0 {
+            return;
+        }
+        match range {
+            color::Range::JPEG => source_full = 1,
+            color::Range::MPEG => source_full = 0,
+            _ => {}
+        }
+        ffmpeg::ffi::sws_setColorspaceDetails(
+            context,
+            ffmpeg::ffi::sws_getCoefficients(matrix),
+            source_full,
+            table,
+            destination_full,
+            brightness,
+            contrast,
+            saturation,
+        );
     }
 }
 
