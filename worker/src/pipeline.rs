@@ -236,7 +236,8 @@ impl Processor for Pipeline {
             model_width as u32,
             model_height as u32,
         )
-        .map_err(|error| invalid(format!("geometry: {error}")))?;
+        .map_err(|error| invalid(format!("geometry: {error}")))?
+        .mirrored(probe.mirrored);
         let segment_end = end_s.max(
             frames
                 .iter()

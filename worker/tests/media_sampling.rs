@@ -272,6 +272,102 @@ fn rotated_video_comes_out_upright() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a display matrix `[a b; c d]` (16.16 fixed point) into the `tkhd` box of an MP4, as
+/// cameras and editors that flip video do; FFmpeg 5.1's CLI can only write rotations.
+fn set_track_matrix(path: &std::path::Path, a: i32, b: i32, c: i32, d: i32) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let at = bytes
+        .windows(4)
+        .position(|window| window == b"tkhd")
+        .ok_or_else(|| anyhow::anyhow!("no tkhd box"))?;
+    // After the box type: version and flags, times, track id, duration, then 16 more bytes.
+    let matrix = at + 4 + if bytes[at + 4] == 1 { 52 } else { 40 };
+    let values = [a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30];
+    for (index, value) in values.iter().enumerate() {
+        bytes[matrix + index * 4..matrix + index * 4 + 4].copy_from_slice(&value.to_be_bytes());
+    }
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// Flipped and transposed display matrices (front cameras, editors' flip tools) come out as a
+/// viewer sees them: the upright picture is 240x320 with a red block at its top-left, stored
+/// with the inverse transform applied.
+#[test]
+fn mirrored_display_matrices_come_out_as_displayed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // (name, filter storing the picture, matrix [a b; c d], rotation, mirrored)
+    let cases = [
+        ("hflip", "hflip", [-1, 0, 0, 1], 0, true),
+        ("vflip", "vflip", [1, 0, 0, -1], 180, true),
+        ("transpose", "transpose=cclock_flip", [0, 1, 1, 0], 90, true),
+        (
+            "antitranspose",
+            "transpose=clock_flip",
+            [0, -1, -1, 0],
+            270,
+            true,
+        ),
+    ];
+    for (name, store_filter, [a, b, c, d], rotation, mirrored) in cases {
+        let path = dir.path().join(format!("{name}.mp4"));
+        let filter = format!(
+            "color=c=blue:s=240x320:r=10,drawbox=x=0:y=0:w=60:h=80:color=red:t=fill,{store_filter}"
+        );
+        common::ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            &filter,
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            url(&path),
+        ])?;
+        set_track_matrix(&path, a, b, c, d)?;
+        let info = probe(url(&path))?;
+        assert_eq!(
+            (info.rotation, info.mirrored),
+            (rotation, mirrored),
+            "{name}"
+        );
+        assert_eq!((info.width, info.height), (240, 320), "{name}");
+        let sampled = sample_frames(url(&path), &SamplingSpec::default())?;
+        assert_eq!(
+            (sampled.stats.rotation, sampled.stats.mirrored),
+            (rotation, mirrored)
+        );
+        let frame = &sampled.frames[0];
+        assert_eq!((frame.width, frame.height), (240, 320), "{name}");
+        let pixel = |x: u32, y: u32| {
+            let at = ((y * frame.width + x) * 3) as usize;
+            [frame.rgb[at], frame.rgb[at + 1], frame.rgb[at + 2]]
+        };
+        let red = |p: [u8; 3]| p[0] > 200 && p[1] < 60 && p[2] < 60;
+        let blue = |p: [u8; 3]| p[2] > 200 && p[0] < 60 && p[1] < 60;
+        assert!(
+            red(pixel(10, 10)),
+            "{name}: top-left is {:?}",
+            pixel(10, 10)
+        );
+        assert!(
+            red(pixel(55, 75)),
+            "{name}: block corner is {:?}",
+            pixel(55, 75)
+        );
+        assert!(
+            blue(pixel(230, 10)) && blue(pixel(10, 310)) && blue(pixel(230, 310)),
+            "{name}: other corners"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn odd_dimensions() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

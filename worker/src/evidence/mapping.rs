@@ -18,6 +18,9 @@
 //! | 180 | `W x H` | `(W - x, H - y)` |
 //! | 270 | `H x W` | `(W - y, x)` |
 //!
+//! A mirrored display matrix (flips, transposes) mirrors the displayed picture left to right after
+//! the rotation; undoing it replaces `x` by `displayed width - x` before the table applies.
+//!
 //! Times: the prompt labels each sampled frame `Frame i at Xs` where `i` counts from 1 within the
 //! segment and `X` is *segment-relative* (seconds since the segment start, one decimal), so the
 //! numbers the model reads and writes stay small like those it was trained on. A time the model
@@ -86,6 +89,10 @@ pub struct FrameGeometry {
     pub coded_height: u32,
     /// Rotation applied for display.
     pub rotation: Rotation,
+    /// Whether the displayed picture is also mirrored left to right, after the rotation (a
+    /// flipped display matrix). Absent in documents written before it was recorded.
+    #[serde(default)]
+    pub mirrored: bool,
     /// Width of the upright, resized frame the model saw.
     pub model_width: u32,
     /// Height of the upright, resized frame the model saw.
@@ -110,9 +117,15 @@ impl FrameGeometry {
             coded_width,
             coded_height,
             rotation,
+            mirrored: false,
             model_width,
             model_height,
         })
+    }
+
+    /// The same geometry with the displayed picture mirrored left to right after the rotation.
+    pub fn mirrored(self, mirrored: bool) -> Self {
+        Self { mirrored, ..self }
     }
 
     /// Size of the upright picture a viewer sees, `(width, height)`.
@@ -137,10 +150,16 @@ impl FrameGeometry {
         }
     }
 
-    /// A point in displayed source pixels to coded source pixels (undoes the rotation).
+    /// A point in displayed source pixels to coded source pixels (undoes the mirror, then the
+    /// rotation).
     pub fn displayed_point_to_coded(&self, x: f64, y: f64) -> (f64, f64) {
         let width = f64::from(self.coded_width);
         let height = f64::from(self.coded_height);
+        let x = if self.mirrored {
+            f64::from(self.displayed_size().0) - x
+        } else {
+            x
+        };
         match self.rotation {
             Rotation::R0 => (x, y),
             Rotation::R90 => (y, height - x),
@@ -149,7 +168,7 @@ impl FrameGeometry {
         }
     }
 
-    /// A box in displayed source pixels to coded source pixels (undoes the rotation).
+    /// A box in displayed source pixels to coded source pixels (undoes the mirror and rotation).
     pub fn displayed_to_coded(&self, bounding_box: BoundingBox) -> BoundingBox {
         let (ax, ay) = self.displayed_point_to_coded(bounding_box.x1, bounding_box.y1);
         let (bx, by) = self.displayed_point_to_coded(bounding_box.x2, bounding_box.y2);
@@ -397,6 +416,31 @@ mod tests {
             geometry.displayed_to_coded(bbox(10.0, 20.0, 110.0, 60.0)),
             bbox(580.0, 10.0, 620.0, 110.0)
         );
+    }
+
+    #[test]
+    fn mirrored_geometry_undoes_the_mirror_before_the_rotation() {
+        // A horizontal flip: displayed (x, y) comes from coded (W - x, y).
+        let flip = FrameGeometry::new(640, 480, Rotation::R0, 640, 480)
+            .unwrap()
+            .mirrored(true);
+        assert_eq!(
+            flip.displayed_to_coded(bbox(10.0, 20.0, 110.0, 60.0)),
+            bbox(530.0, 20.0, 630.0, 60.0)
+        );
+        // A transpose (quarter turn, then mirror): displayed (x, y) comes from coded (y, x).
+        let transpose = FrameGeometry::new(640, 480, Rotation::R90, 480, 640)
+            .unwrap()
+            .mirrored(true);
+        assert_eq!(
+            transpose.displayed_to_coded(bbox(10.0, 20.0, 110.0, 60.0)),
+            bbox(20.0, 10.0, 60.0, 110.0)
+        );
+        // Documents from before the field read as not mirrored.
+        let mut value = serde_json::to_value(flip).unwrap();
+        value.as_object_mut().unwrap().remove("mirrored");
+        let old: FrameGeometry = serde_json::from_value(value).unwrap();
+        assert!(!old.mirrored);
     }
 
     #[test]

@@ -9,6 +9,16 @@ use ffmpeg::software::scaling;
 use ffmpeg::util::color;
 use ffmpeg_next as ffmpeg;
 
+/// How a decoded picture is turned upright for display: first a clockwise turn of `rotation`
+/// degrees, then, when `mirrored`, a left-right mirror of the turned picture. The eight
+/// combinations cover every right-angle display matrix, flips and transposes included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Orientation {
+    /// 0, 90, 180 or 270.
+    pub(crate) rotation: u32,
+    pub(crate) mirrored: bool,
+}
+
 /// What a scaler is built for; a stream may change any of it midway (VP9 changes resolution).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct ScalerInput {
@@ -33,12 +43,12 @@ impl RgbConverter {
         }
     }
 
-    /// Converts `frame` to packed RGB24 rows and applies the clockwise `rotation`; returns the
-    /// upright width, height and pixels.
+    /// Converts `frame` to packed RGB24 rows and applies `orientation`; returns the upright
+    /// width, height and pixels.
     pub(crate) fn convert(
         &mut self,
         frame: &ffmpeg::frame::Video,
-        rotation: u32,
+        orientation: Orientation,
     ) -> Result<(u32, u32, Vec<u8>), ffmpeg::Error> {
         let (format, width, height) = (frame.format(), frame.width(), frame.height());
         let input = ScalerInput {
@@ -70,7 +80,11 @@ impl RgbConverter {
         };
         scaler.run(frame, &mut self.rgb)?;
         let packed = pack_rows(&self.rgb, width as usize, height as usize);
-        Ok(rotate_rgb(&packed, width, height, rotation))
+        let (width, height, mut upright) = rotate_rgb(&packed, width, height, orientation.rotation);
+        if orientation.mirrored {
+            mirror_rows(&mut upright, width as usize);
+        }
+        Ok((width, height, upright))
     }
 }
 
@@ -181,6 +195,21 @@ pub(crate) fn rotate_rgb(
     }
 }
 
+/// Mirrors packed RGB24 rows of `width` pixels left to right, in place.
+pub(crate) fn mirror_rows(pixels: &mut [u8], width: usize) {
+    if width == 0 {
+        return;
+    }
+    for row in pixels.chunks_exact_mut(width * 3) {
+        for left in 0..width / 2 {
+            let right = width - 1 - left;
+            for channel in 0..3 {
+                row.swap(left * 3 + channel, right * 3 + channel);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +238,17 @@ mod tests {
         assert_eq!(first_channel(&out), vec![5, 4, 3, 2, 1, 0]);
         let (_, _, out) = rotate_rgb(&image(), 3, 2, 0);
         assert_eq!(out, image());
+    }
+
+    #[test]
+    fn mirroring_swaps_columns() {
+        let mut pixels = image();
+        mirror_rows(&mut pixels, 3);
+        assert_eq!(first_channel(&pixels), vec![2, 1, 0, 5, 4, 3]);
+        // A quarter turn then a mirror is the transpose: output (x, y) shows input (y, x).
+        let (w, h, mut out) = rotate_rgb(&image(), 3, 2, 90);
+        mirror_rows(&mut out, w as usize);
+        assert_eq!((w, h), (2, 3));
+        assert_eq!(first_channel(&out), vec![0, 3, 1, 4, 2, 5]);
     }
 }

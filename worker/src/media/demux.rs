@@ -9,6 +9,7 @@ use ffmpeg::format::context::{Input, StreamIo};
 use ffmpeg::media::Type as MediaType;
 use ffmpeg_next as ffmpeg;
 
+use super::convert::Orientation;
 use super::error::{Budget, MediaError, Result};
 use super::reader::{Deadline, ObjectReader, ReadOptions, ReaderShared};
 use super::source::VideoSource;
@@ -150,22 +151,27 @@ impl OpenedVideo {
         None
     }
 
-    /// Clockwise rotation in degrees (0, 90, 180 or 270) to apply for display.
-    pub(crate) fn rotation(&self) -> u32 {
+    /// How to turn (and mirror) decoded pictures for display: the display matrix if the stream
+    /// has one, else the legacy `rotate` tag.
+    pub(crate) fn orientation(&self) -> Orientation {
         let stream = self.video_stream();
         for side_data in stream.side_data() {
             if side_data.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix
-                && let Some(rotation) = rotation_from_display_matrix(side_data.data())
+                && let Some(orientation) = orientation_from_display_matrix(side_data.data())
             {
-                return rotation;
+                return orientation;
             }
         }
-        stream
+        let rotation = stream
             .metadata()
             .get("rotate")
             .and_then(|value| value.trim().parse::<f64>().ok())
             .map(snap_rotation)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        Orientation {
+            rotation,
+            mirrored: false,
+        }
     }
 
     /// Presentation times (seconds from the start) of the keyframes in the demuxer's index, when
@@ -302,11 +308,17 @@ pub(crate) fn iso_bmff_truncated(source: &VideoSource, read: &ReadOptions) -> bo
     false
 }
 
-/// Reads the clockwise display rotation from an FFmpeg display matrix (nine native-endian
-/// 32-bit integers, 16.16 fixed point except the last column). FFmpeg's
-/// `av_display_rotation_get` returns the counter-clockwise angle `-atan2(m1, m0)`, and its CLI
-/// rotates frames clockwise by the negation of that; this does the same and snaps to a right angle.
-pub(crate) fn rotation_from_display_matrix(data: &[u8]) -> Option<u32> {
+/// Reads the display orientation from an FFmpeg display matrix (nine native-endian 32-bit
+/// integers, 16.16 fixed point except the last column), snapped to the eight right-angle
+/// orientations.
+///
+/// FFmpeg's `av_display_rotation_get` returns the counter-clockwise angle `-atan2(m1, m0)`; its
+/// CLI turns frames clockwise by the negation of that, and when the matrix mirrors (negative
+/// determinant) it adds a flip: at 0 and 180 degrees a vertical or horizontal flip, at 90 and 270
+/// a transpose. Each of those is, in [`Orientation`]'s terms, a clockwise turn followed by a
+/// horizontal mirror: the turn is the matrix angle at 90 and 270, the angle plus a half turn at 0
+/// and 180.
+pub(crate) fn orientation_from_display_matrix(data: &[u8]) -> Option<Orientation> {
     if data.len() < 36 {
         return None;
     }
@@ -324,8 +336,14 @@ pub(crate) fn rotation_from_display_matrix(data: &[u8]) -> Option<u32> {
     if scale_x == 0.0 || scale_y == 0.0 {
         return None;
     }
-    let clockwise = (value(1) / scale_y).atan2(value(0) / scale_x).to_degrees();
-    Some(snap_rotation(clockwise))
+    let angle = snap_rotation((value(1) / scale_y).atan2(value(0) / scale_x).to_degrees());
+    let mirrored = value(0) * value(4) - value(1) * value(3) < 0.0;
+    let rotation = if mirrored && angle % 180 == 0 {
+        (angle + 180) % 360
+    } else {
+        angle
+    };
+    Some(Orientation { rotation, mirrored })
 }
 
 /// Snaps an angle in degrees (clockwise) to 0, 90, 180 or 270.
@@ -412,27 +430,35 @@ mod tests {
         values.iter().flat_map(|v| v.to_ne_bytes()).collect()
     }
 
+    fn oriented(rotation: u32, mirrored: bool) -> Option<Orientation> {
+        Some(Orientation { rotation, mirrored })
+    }
+
     #[test]
     fn display_matrix_rotations() {
-        assert_eq!(
-            rotation_from_display_matrix(&matrix(1.0, 0.0, 0.0, 1.0)),
-            Some(0)
-        );
+        let read = |a, b, c, d| orientation_from_display_matrix(&matrix(a, b, c, d));
+        assert_eq!(read(1.0, 0.0, 0.0, 1.0), oriented(0, false));
         // [0, 1; -1, 0] in FFmpeg's row layout is what phones record in portrait (ffprobe:
         // "rotation of -90.00 degrees"): the FFmpeg CLI turns it a clockwise quarter turn.
-        assert_eq!(
-            rotation_from_display_matrix(&matrix(0.0, 1.0, -1.0, 0.0)),
-            Some(90)
-        );
-        assert_eq!(
-            rotation_from_display_matrix(&matrix(-1.0, 0.0, 0.0, -1.0)),
-            Some(180)
-        );
-        assert_eq!(
-            rotation_from_display_matrix(&matrix(0.0, -1.0, 1.0, 0.0)),
-            Some(270)
-        );
-        assert_eq!(rotation_from_display_matrix(&[0u8; 8]), None);
+        assert_eq!(read(0.0, 1.0, -1.0, 0.0), oriented(90, false));
+        assert_eq!(read(-1.0, 0.0, 0.0, -1.0), oriented(180, false));
+        assert_eq!(read(0.0, -1.0, 1.0, 0.0), oriented(270, false));
+        // A scaled matrix turns the same way.
+        assert_eq!(read(0.0, 2.0, -2.0, 0.0), oriented(90, false));
+        assert_eq!(orientation_from_display_matrix(&[0u8; 8]), None);
+    }
+
+    #[test]
+    fn mirrored_display_matrices() {
+        let read = |a, b, c, d| orientation_from_display_matrix(&matrix(a, b, c, d));
+        // Horizontal flip (front cameras): no turn, mirror.
+        assert_eq!(read(-1.0, 0.0, 0.0, 1.0), oriented(0, true));
+        // Vertical flip: a half turn, then mirror.
+        assert_eq!(read(1.0, 0.0, 0.0, -1.0), oriented(180, true));
+        // Transpose (the CLI's `transpose=cclock_flip`): a quarter turn clockwise, then mirror.
+        assert_eq!(read(0.0, 1.0, 1.0, 0.0), oriented(90, true));
+        // Anti-transpose (`transpose=clock_flip`).
+        assert_eq!(read(0.0, -1.0, -1.0, 0.0), oriented(270, true));
     }
 
     #[test]

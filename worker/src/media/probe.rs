@@ -34,6 +34,9 @@ pub struct ProbeInfo {
     pub coded_height: u32,
     /// Clockwise rotation applied for display: 0, 90, 180 or 270.
     pub rotation: u32,
+    /// Whether the display matrix also mirrors the picture left to right after the rotation
+    /// (front cameras, flips and transposes).
+    pub mirrored: bool,
     /// Frame rate to report: the average rate, else the real base rate.
     pub fps: Option<f64>,
     /// Average frame rate declared by the container (`avg_frame_rate`).
@@ -81,7 +84,8 @@ pub fn probe(url: &str) -> Result<ProbeInfo> {
 /// Probes a video in a store the caller already holds. Blocking: call from `spawn_blocking`.
 pub fn probe_source(source: &VideoSource, options: &ProbeOptions) -> Result<ProbeInfo> {
     let mut video = OpenedVideo::open(source, &options.read, Deadline::new(options.time_budget))?;
-    let rotation = video.rotation();
+    let orientation = video.orientation();
+    let rotation = orientation.rotation;
     let duration_s = video.duration_s();
     let (codec, coded_width, coded_height, avg_frame_rate, real_frame_rate, frame_count) = {
         let stream = video.video_stream();
@@ -130,6 +134,7 @@ pub fn probe_source(source: &VideoSource, options: &ProbeOptions) -> Result<Prob
         coded_width,
         coded_height,
         rotation,
+        mirrored: orientation.mirrored,
         fps: avg_frame_rate.or(real_frame_rate),
         avg_frame_rate,
         real_frame_rate,

@@ -19,7 +19,7 @@ use ffmpeg_next as ffmpeg;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::convert::RgbConverter;
+use super::convert::{Orientation, RgbConverter};
 use super::demux::OpenedVideo;
 use super::error::{Budget, MediaError, Result};
 use super::parallel;
@@ -151,6 +151,8 @@ pub struct SampleStats {
     pub requests: u64,
     /// Clockwise rotation applied.
     pub rotation: u32,
+    /// Whether frames were mirrored left to right after the rotation (a flipped display matrix).
+    pub mirrored: bool,
     /// Declared duration in seconds.
     pub duration_s: Option<f64>,
     /// The stream ended before the last target: the container declares more than it holds.
@@ -250,7 +252,8 @@ pub fn sample_source_with(
         bytes_fetched: counters.bytes_fetched,
         requests: counters.requests,
         decoders: layout.map_or(1, |layout| layout.decoders),
-        rotation: plan.rotation,
+        rotation: plan.orientation.rotation,
+        mirrored: plan.orientation.mirrored,
         duration_s: plan.duration_s,
         ended_early,
     })
@@ -362,7 +365,7 @@ pub(super) struct Plan {
     pub(super) targets: Vec<f64>,
     /// Indexed keyframe times, ascending; empty when the container has no index.
     pub(super) keyframes_s: Vec<f64>,
-    pub(super) rotation: u32,
+    pub(super) orientation: Orientation,
     pub(super) duration_s: Option<f64>,
     pub(super) max_decoded_frames: u64,
 }
@@ -388,7 +391,7 @@ impl Plan {
         Ok(Self {
             targets,
             keyframes_s,
-            rotation: video.rotation(),
+            orientation: video.orientation(),
             duration_s,
             max_decoded_frames,
         })
@@ -533,7 +536,7 @@ pub(super) struct Sampler<'call> {
     decoder: ffmpeg::decoder::Video,
     packet: ffmpeg::Packet,
     decoded: ffmpeg::frame::Video,
-    rotation: u32,
+    orientation: Orientation,
     time_base: f64,
     start_offset_s: f64,
     frame_interval_s: f64,
@@ -597,7 +600,7 @@ impl<'call> Sampler<'call> {
             decoder,
             packet: ffmpeg::Packet::empty(),
             decoded: ffmpeg::frame::Video::empty(),
-            rotation: plan.rotation,
+            orientation: plan.orientation,
             time_base: f64::from(stream_time_base),
             start_offset_s,
             frame_interval_s: video_fps
@@ -875,7 +878,7 @@ impl<'call> Sampler<'call> {
                 continue;
             }
             let (width, height, rgb) = converter
-                .convert(&self.decoded, self.rotation)
+                .convert(&self.decoded, self.orientation)
                 .map_err(|error| self.video.read_error("converting to rgb", error))?;
             self.last_emitted = Some(t);
             *kept += 1;
