@@ -338,7 +338,7 @@ pub(crate) fn orientation_from_display_matrix(data: &[u8]) -> Option<Orientation
     }
     let angle = snap_rotation((value(1) / scale_y).atan2(value(0) / scale_x).to_degrees());
     let mirrored = value(0) * value(4) - value(1) * value(3) < 0.0;
-    let rotation = if mirrored && angle % 180 == 0 {
+    let rotation = if mirrored && angle.is_multiple_of(180) {
         (angle + 180) % 360
     } else {
         angle
