@@ -156,15 +156,7 @@ fn truncated_uploads_are_typed_errors() -> anyhow::Result<()> {
     assert!(!error.retryable());
     // Index at the start: the index promises samples the file no longer has.
     let faststart = dir.path().join("faststart.mp4");
-    common::ffmpeg(&[
-        "-i",
-        url(&whole),
-        "-c",
-        "copy",
-        "-movflags",
-        "+faststart",
-        url(&faststart),
-    ])?;
+    common::faststart(&whole, &faststart)?;
     let cut = dir.path().join("cut-faststart.mp4");
     common::truncate(&faststart, &cut, 0.5)?;
     let error = expect_error(sample_frames(url(&cut), &SamplingSpec::default()));

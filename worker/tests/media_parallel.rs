@@ -129,15 +129,7 @@ fn a_cut_upload_is_truncated_with_decoders_side_by_side() -> anyhow::Result<()> 
     let dir = tempfile::tempdir()?;
     let whole = b_frame_clip(dir.path())?;
     let faststart = dir.path().join("faststart.mp4");
-    common::ffmpeg(&[
-        "-i",
-        url(&whole),
-        "-c",
-        "copy",
-        "-movflags",
-        "+faststart",
-        url(&faststart),
-    ])?;
+    common::faststart(&whole, &faststart)?;
     let cut = dir.path().join("cut.mp4");
     common::truncate(&faststart, &cut, 0.6)?;
     let source = VideoSource::from_url(url(&cut))?;

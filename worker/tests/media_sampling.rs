@@ -194,6 +194,55 @@ fn dense_targets_decode_forward_without_seeking() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Encodes `seconds` of a portrait 240x320 blue picture with a red 60x80 block at its top-left,
+/// stored through `store_filter` (the inverse of what its display transform will do).
+fn marker_clip(path: &std::path::Path, store_filter: &str, seconds: u32) -> anyhow::Result<()> {
+    let filter = format!(
+        "color=c=blue:s=240x320:r=10,drawbox=x=0:y=0:w=60:h=80:color=red:t=fill,{store_filter}"
+    );
+    common::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &filter,
+        "-t",
+        &seconds.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        url(path),
+    ])
+}
+
+/// Checks that `frame` shows the [`marker_clip`] picture upright: 240x320, red block top-left,
+/// blue in the other corners.
+fn assert_marker_top_left(frame: &vidx_worker::media::Frame, label: &str) {
+    assert_eq!((frame.width, frame.height), (240, 320), "{label}");
+    let pixel = |x: u32, y: u32| {
+        let at = ((y * frame.width + x) * 3) as usize;
+        [frame.rgb[at], frame.rgb[at + 1], frame.rgb[at + 2]]
+    };
+    let red = |p: [u8; 3]| p[0] > 200 && p[1] < 60 && p[2] < 60;
+    let blue = |p: [u8; 3]| p[2] > 200 && p[0] < 60 && p[1] < 60;
+    assert!(
+        red(pixel(10, 10)),
+        "{label}: top-left is {:?}",
+        pixel(10, 10)
+    );
+    assert!(
+        red(pixel(55, 75)),
+        "{label}: block corner is {:?}",
+        pixel(55, 75)
+    );
+    assert!(
+        blue(pixel(230, 10)) && blue(pixel(10, 310)) && blue(pixel(230, 310)),
+        "{label}: other corners"
+    );
+}
+
 /// Makes a clip whose upright picture is portrait 240x320 with a red block top-left, stored
 /// turned the other way and tagged so that players turn it back by `rotation` clockwise.
 fn rotated_clip(dir: &std::path::Path, rotation: u32) -> anyhow::Result<std::path::PathBuf> {
@@ -208,24 +257,7 @@ fn rotated_clip(dir: &std::path::Path, rotation: u32) -> anyhow::Result<std::pat
     };
     let stored = dir.join(format!("stored{rotation}.mp4"));
     let tagged = dir.join(format!("rot{rotation}.mp4"));
-    let filter = format!(
-        "color=c=blue:s=240x320:r=10,drawbox=x=0:y=0:w=60:h=80:color=red:t=fill,{store_filter}"
-    );
-    common::ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &filter,
-        "-t",
-        "2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        url(&stored),
-    ])?;
+    marker_clip(&stored, store_filter, 2)?;
     let metadata = format!("rotate={tag}");
     common::ffmpeg(&[
         "-i",
@@ -254,19 +286,7 @@ fn rotated_video_comes_out_upright() -> anyhow::Result<()> {
         let sampled = sample_frames(url(&path), &SamplingSpec::default())?;
         assert_eq!(sampled.frames.len(), 2);
         let frame = &sampled.frames[1];
-        assert_eq!((frame.width, frame.height), (240, 320));
-        let pixel = |x: u32, y: u32| {
-            let at = ((y * frame.width + x) * 3) as usize;
-            [frame.rgb[at], frame.rgb[at + 1], frame.rgb[at + 2]]
-        };
-        let red = |p: [u8; 3]| p[0] > 200 && p[1] < 60 && p[2] < 60;
-        let blue = |p: [u8; 3]| p[2] > 200 && p[0] < 60 && p[1] < 60;
-        assert!(
-            red(pixel(10, 10)),
-            "rotation {rotation}: top-left is {:?}",
-            pixel(10, 10)
-        );
-        assert!(blue(pixel(230, 10)) && blue(pixel(10, 310)) && blue(pixel(230, 310)));
+        assert_marker_top_left(frame, &format!("rotation {rotation}"));
         assert_matches_cli(&path, frame)?;
     }
     Ok(())
@@ -311,24 +331,7 @@ fn mirrored_display_matrices_come_out_as_displayed() -> anyhow::Result<()> {
     ];
     for (name, store_filter, [a, b, c, d], rotation, mirrored) in cases {
         let path = dir.path().join(format!("{name}.mp4"));
-        let filter = format!(
-            "color=c=blue:s=240x320:r=10,drawbox=x=0:y=0:w=60:h=80:color=red:t=fill,{store_filter}"
-        );
-        common::ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            &filter,
-            "-t",
-            "1",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            url(&path),
-        ])?;
+        marker_clip(&path, store_filter, 1)?;
         set_track_matrix(&path, a, b, c, d)?;
         let info = probe(url(&path))?;
         assert_eq!(
@@ -342,28 +345,7 @@ fn mirrored_display_matrices_come_out_as_displayed() -> anyhow::Result<()> {
             (sampled.stats.rotation, sampled.stats.mirrored),
             (rotation, mirrored)
         );
-        let frame = &sampled.frames[0];
-        assert_eq!((frame.width, frame.height), (240, 320), "{name}");
-        let pixel = |x: u32, y: u32| {
-            let at = ((y * frame.width + x) * 3) as usize;
-            [frame.rgb[at], frame.rgb[at + 1], frame.rgb[at + 2]]
-        };
-        let red = |p: [u8; 3]| p[0] > 200 && p[1] < 60 && p[2] < 60;
-        let blue = |p: [u8; 3]| p[2] > 200 && p[0] < 60 && p[1] < 60;
-        assert!(
-            red(pixel(10, 10)),
-            "{name}: top-left is {:?}",
-            pixel(10, 10)
-        );
-        assert!(
-            red(pixel(55, 75)),
-            "{name}: block corner is {:?}",
-            pixel(55, 75)
-        );
-        assert!(
-            blue(pixel(230, 10)) && blue(pixel(10, 310)) && blue(pixel(230, 310)),
-            "{name}: other corners"
-        );
+        assert_marker_top_left(&sampled.frames[0], name);
     }
     Ok(())
 }

@@ -257,6 +257,19 @@ pub fn truncate(from: &Path, to: &Path, fraction: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rewrites an MP4 with its index (`moov`) before the media data, as streaming uploads are.
+pub fn faststart(from: &Path, to: &Path) -> anyhow::Result<()> {
+    ffmpeg(&[
+        "-i",
+        url(from),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        url(to),
+    ])
+}
+
 /// The path as a `&str` for the APIs that take URLs.
 pub fn url(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
