@@ -4,8 +4,9 @@
 //! H.264 video with a 2 s keyframe interval, one with a 10 s interval, and a 10-minute 720p one;
 //! times sampling 1 fps from the first two and 16 frames spread over the 10-minute one, and
 //! `ffmpeg -i IN -vf fps=F -f rawvideo -pix_fmt rgb24 -y /dev/null` with the matching rate.
-//! Prints the time ratios, frames decoded per frame kept, and the peak resident memory (VmHWM)
-//! of each sampling run, each measured in a fresh child process.
+//! Prints the time ratios, frames decoded per frame kept, the peak resident memory (VmHWM) of
+//! each sampling run, each measured in a fresh child process, and how many decoders ran side by
+//! side (one per core by default; the CLI uses its frame-threaded decoder).
 //!
 //! Run: `cargo bench -p vidx-worker --bench sampling` (add `-- --quick` for shorter videos).
 
@@ -89,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::read(&path)?;
         // The best of a few alternating runs of each contender, as other load comes and goes.
         let (mut ours_s, mut cli_s) = (f64::INFINITY, f64::INFINITY);
-        let (mut decoded, mut kept, mut hwm_kb) = (0.0, 0.0, 0.0f64);
+        let (mut decoded, mut kept, mut hwm_kb, mut decoders) = (0.0, 0.0, 0.0f64, 0.0);
         for _ in 0..REPEATS {
             let ours = Command::new(std::env::current_exe()?)
                 .args([
@@ -106,11 +107,12 @@ fn main() -> anyhow::Result<()> {
                 .split_whitespace()
                 .map(str::parse)
                 .collect::<Result<_, _>>()?;
-            let [run_s, run_decoded, run_kept, run_hwm_kb] = fields[..] else {
+            let [run_s, run_decoded, run_kept, run_hwm_kb, run_decoders] = fields[..] else {
                 bail!("bad child report {report}")
             };
             ours_s = ours_s.min(run_s);
-            (decoded, kept, hwm_kb) = (run_decoded, run_kept, hwm_kb.max(run_hwm_kb));
+            (decoded, kept, hwm_kb, decoders) =
+                (run_decoded, run_kept, hwm_kb.max(run_hwm_kb), run_decoders);
             let cli_fps = if quick && case.cli_fps == "16/600" {
                 "16/100"
             } else {
@@ -136,14 +138,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!(
-            "{:<24} {:>9.3} {:>9.3} {:>6.2}x {:>11.1} {:>9.1}   ({} frames kept)",
+            "{:<24} {:>9.3} {:>9.3} {:>6.2}x {:>11.1} {:>9.1}   ({} frames kept, {} decoders)",
             case.name,
             ours_s,
             cli_s,
             ours_s / cli_s,
             decoded / kept.max(1.0),
             hwm_kb / 1024.0,
-            kept
+            kept,
+            decoders
         );
     }
     Ok(())
@@ -172,7 +175,10 @@ fn run_case(case: &Case, path: &str) -> anyhow::Result<()> {
         .and_then(|value| value.split_whitespace().next())
         .context("no VmHWM")?
         .parse()?;
-    println!("{elapsed} {} {kept} {hwm_kb}", stats.frames_decoded);
+    println!(
+        "{elapsed} {} {kept} {hwm_kb} {}",
+        stats.frames_decoded, stats.decoders
+    );
     Ok(())
 }
 
