@@ -64,6 +64,8 @@ pub trait JobSource: Send + Sync + 'static {
     ) -> vidx_coordinator::Result<FailOutcome>;
 }
 
+// The client's own methods take `&mut self`; called as `self.clone().lease(..)` method lookup
+// finds this trait's `&self` method first and recurses, so each call names the inherent method.
 #[async_trait]
 impl JobSource for CoordinatorClient {
     async fn lease(
@@ -72,7 +74,7 @@ impl JobSource for CoordinatorClient {
         max_jobs: u32,
         lease_ms: u64,
     ) -> vidx_coordinator::Result<Vec<LeasedJob>> {
-        self.clone().lease(worker_id, max_jobs, lease_ms).await
+        CoordinatorClient::lease(&mut self.clone(), worker_id, max_jobs, lease_ms).await
     }
     async fn heartbeat(
         &self,
@@ -80,7 +82,7 @@ impl JobSource for CoordinatorClient {
         lease_id: &str,
         extend_ms: u64,
     ) -> vidx_coordinator::Result<Heartbeat> {
-        self.clone().heartbeat(job_id, lease_id, extend_ms).await
+        CoordinatorClient::heartbeat(&mut self.clone(), job_id, lease_id, extend_ms).await
     }
     async fn complete(
         &self,
@@ -88,7 +90,7 @@ impl JobSource for CoordinatorClient {
         lease_id: &str,
         completion: &Completion,
     ) -> vidx_coordinator::Result<()> {
-        self.clone().complete(job_id, lease_id, completion).await
+        CoordinatorClient::complete(&mut self.clone(), job_id, lease_id, completion).await
     }
     async fn fail(
         &self,
@@ -97,7 +99,7 @@ impl JobSource for CoordinatorClient {
         reason: &str,
         retryable: bool,
     ) -> vidx_coordinator::Result<FailOutcome> {
-        self.clone().fail(job_id, lease_id, reason, retryable).await
+        CoordinatorClient::fail(&mut self.clone(), job_id, lease_id, reason, retryable).await
     }
 }
 
