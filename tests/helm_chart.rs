@@ -1,0 +1,358 @@
+//! The Helm chart, rendered by a real `helm` (installed by `scripts/setup.sh`): it lints, renders
+//! every part with the values platform teams set, refuses missing values with a clear message,
+//! and the moderation CronJob's own script, run as the pod would run it against real
+//! `vidx coordinator` and `vidx worker` processes on a real Redis, submits a pass, waits for it
+//! and writes its manifest.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_yaml_ng::Value;
+use vidx_coordinator::testing::{RedisServer, free_port};
+use vidx_worker::evidence::ModerationPolicy;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vidx");
+
+const POLICY: &str = "categories:
+  - name: weapons
+    question: Is anyone holding a weapon?
+    flagged_answer: \"yes\"
+    severity: high
+";
+
+/// `$VIDX_HELM`, else `helm` beside cargo's binaries (where the setup script puts it), else
+/// `helm` from `PATH`.
+fn helm() -> PathBuf {
+    if let Some(path) = std::env::var_os("VIDX_HELM") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        PathBuf::from,
+    );
+    let beside_cargo = cargo_home.join("bin/helm");
+    if beside_cargo.exists() {
+        return beside_cargo;
+    }
+    PathBuf::from("helm")
+}
+
+fn run_helm(args: &[&str], values: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let values_file = dir.path().join("values.yaml");
+    std::fs::write(&values_file, values).unwrap();
+    Command::new(helm())
+        .args(args)
+        .arg(CHART)
+        .arg("--values")
+        .arg(&values_file)
+        .output()
+        .expect("helm runs (scripts/setup.sh installs it)")
+}
+
+/// Renders the chart; the documents, or helm's error.
+fn render(values: &str) -> Result<Vec<Value>, String> {
+    let output = run_helm(&["template", "t"], values);
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    Ok(text
+        .split("\n---")
+        .map(|part| serde_yaml_ng::from_str::<Value>(part).unwrap())
+        .filter(|document| !document.is_null())
+        .collect())
+}
+
+fn of_kind<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    documents
+        .iter()
+        .filter(|document| document["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+fn named<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    of_kind(documents, kind)
+        .into_iter()
+        .find(|document| document["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The value of environment variable `name` in a container spec.
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|entry| entry["name"].as_str() == Some(name))?["value"]
+        .as_str()
+}
+
+fn values_with_schedule(extra: &str) -> String {
+    let policy = POLICY.replace('\n', "\n        ");
+    format!(
+        "auth:
+  token: test-token
+moderation:
+  schedules:
+    - name: nightly
+      schedule: \"0 2 * * *\"
+      source: s3://media/uploads/
+      destination: s3://media/moderation/
+      activeDeadlineSeconds: 86400
+      policy: |
+        {policy}
+{extra}"
+    )
+}
+
+#[test]
+fn chart_lints_and_renders_every_part() {
+    let values = values_with_schedule("");
+    let lint = run_helm(&["lint", "--strict"], &values);
+    assert!(
+        lint.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let documents = render(&values).unwrap();
+    let mut kinds: Vec<&str> = documents
+        .iter()
+        .map(|document| document["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "CronJob",
+            "Deployment",
+            "Deployment",
+            "Secret",
+            "Service",
+            "Service",
+            "StatefulSet"
+        ]
+    );
+
+    let coordinator = &named(&documents, "Deployment", "t-vidx-coordinator")["spec"];
+    assert_eq!(coordinator["replicas"], 2);
+    let container = &coordinator["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(container, "VIDX_REDIS"),
+        Some("redis://t-vidx-redis:6379/")
+    );
+
+    let worker = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]["spec"];
+    let container = &worker["containers"][0];
+    assert_eq!(
+        container["resources"]["limits"]["nvidia.com/gpu"].as_u64(),
+        Some(1)
+    );
+    assert_eq!(
+        env(container, "VIDX_MODEL_ID"),
+        Some("marinero4972/Open-o3-Video")
+    );
+    assert_eq!(
+        env(container, "VIDX_COORDINATOR"),
+        Some("http://t-vidx-coordinator:50051")
+    );
+    // A worker may take a whole lease to hand back the job in hand.
+    assert_eq!(worker["terminationGracePeriodSeconds"], 300);
+
+    let cronjob = named(&documents, "CronJob", "t-vidx-moderation-nightly");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(
+        cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"],
+        86400
+    );
+    // The policy the CronJob mounts is the one given, and valid.
+    let policy = named(&documents, "ConfigMap", "t-vidx-policy-nightly")["data"]["policy.yaml"]
+        .as_str()
+        .unwrap();
+    assert_eq!(policy.trim_end(), POLICY.trim_end());
+    ModerationPolicy::from_yaml(policy).unwrap();
+}
+
+#[test]
+fn an_external_redis_replaces_the_bundled_one() {
+    let documents = render(&values_with_schedule(
+        "redis:\n  deploy: false\n  url: redis://cache:6379/2\n",
+    ))
+    .unwrap();
+    assert!(of_kind(&documents, "StatefulSet").is_empty());
+    let coordinator = named(&documents, "Deployment", "t-vidx-coordinator");
+    let container = &coordinator["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(container, "VIDX_REDIS"), Some("redis://cache:6379/2"));
+}
+
+#[test]
+fn missing_values_are_refused_with_what_to_set() {
+    let error = render("moderation:\n  schedules: []\n").unwrap_err();
+    assert!(
+        error.contains("set auth.existingSecret or auth.token"),
+        "{error}"
+    );
+    let error = render("auth:\n  token: t\nredis:\n  deploy: false\n").unwrap_err();
+    assert!(
+        error.contains("redis.url is required when redis.deploy is false"),
+        "{error}"
+    );
+    // An existing Secret is used as it is: the chart makes none.
+    let documents = render("auth:\n  existingSecret: vidx-token\n").unwrap();
+    assert!(of_kind(&documents, "Secret").is_empty());
+}
+
+/// A child process stopped by its pid when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ffmpeg_clip(path: &Path) {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args(["-i", "testsrc2=size=160x120:rate=10:duration=2"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg runs (run scripts/setup.sh)");
+    assert!(status.success());
+}
+
+/// Runs the CronJob container's script with the pod's environment; the policy is mounted at a
+/// temporary path instead of `/policy`.
+fn run_cronjob_script(script: &str, policy: &Path, coordinator: &str, job_name: &str) -> String {
+    let script = script.replace("/policy/policy.yaml", policy.to_str().unwrap());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_vidx")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .env("RUN_KEY", job_name)
+        .env("VIDX_COORDINATOR", coordinator)
+        .env("VIDX_TOKEN", "chart-token")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("the CronJob script did not finish in 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "CronJob script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn moderation_cronjob_runs_a_pass_and_writes_its_manifest() {
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen2_5_vl/tiny-realvocab");
+    assert!(model.join("config.json").exists(), "missing {model:?}");
+    let corpus = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ffmpeg_clip(&corpus.path().join("clip.mp4"));
+    std::fs::write(corpus.path().join("empty.mp4"), b"").unwrap();
+
+    let values = format!(
+        "auth:\n  token: t\nmoderation:\n  schedules:\n    - name: hourly\n      schedule: \"0 * * * *\"\n      source: {}\n      destination: {}\n      policy: |\n        {}\n",
+        corpus.path().display(),
+        out.path().display(),
+        POLICY.replace('\n', "\n        ")
+    );
+    let documents = render(&values).unwrap();
+    let container = &named(&documents, "CronJob", "t-vidx-moderation-hourly")["spec"]["jobTemplate"]
+        ["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "/bin/sh");
+    let script = container["args"][0].as_str().unwrap();
+    let policy_file = corpus.path().join("policy.yaml.mounted");
+    std::fs::write(
+        &policy_file,
+        named(&documents, "ConfigMap", "t-vidx-policy-hourly")["data"]["policy.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+
+    let redis = RedisServer::start().unwrap();
+    let port = free_port().unwrap();
+    let vidx = env!("CARGO_BIN_EXE_vidx");
+    let _coordinator = Process(
+        Command::new(vidx)
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis", &redis.url()])
+            .env("VIDX_TOKEN", "chart-token")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    let coordinator_url = format!("http://127.0.0.1:{port}");
+    let _worker = Process(
+        Command::new(vidx)
+            .args(["worker", "--model", model.to_str().unwrap()])
+            .args(["--max-new-tokens", "8", "--min-pixels", "3136"])
+            .args(["--max-pixels", "12544"])
+            .env("VIDX_COORDINATOR", &coordinator_url)
+            .env("VIDX_TOKEN", "chart-token")
+            .env("VIDX_MODEL_ID", env(container, "VIDX_MODEL_ID").unwrap())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let first = run_cronjob_script(script, &policy_file, &coordinator_url, "hourly-29000000");
+    let pass_id = first
+        .lines()
+        .find_map(|line| line.strip_prefix("pass "))
+        .expect("the script names its pass")
+        .to_owned();
+    assert!(first.contains("1 indexed, 1 failed"), "{first}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["pass_id"], pass_id.as_str());
+    assert_eq!(manifest["model"]["id"], "marinero4972/Open-o3-Video");
+    assert_eq!(manifest["videos"].as_array().unwrap().len(), 2);
+
+    // A retried pod of the same run (same Job name) returns the same pass and finalizes again.
+    let retried = run_cronjob_script(script, &policy_file, &coordinator_url, "hourly-29000000");
+    assert!(retried.contains(&format!("pass {pass_id}")), "{retried}");
+    // The next run is a new pass.
+    let next = run_cronjob_script(script, &policy_file, &coordinator_url, "hourly-29000060");
+    assert!(!next.contains(&format!("pass {pass_id}")), "{next}");
+}
