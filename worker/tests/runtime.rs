@@ -1,4 +1,5 @@
-//! The worker loop against a real in-process coordinator (memory store): outcomes are reported,
+//! The worker loop against a real coordinator (memory store), in process and over gRPC as
+//! `vidx worker` runs it: outcomes are reported,
 //! failures retried, a panicking job fails without stopping the worker, probe jobs split, and a
 //! cancelled pass stops the job in hand.
 
@@ -6,11 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use vidx_coordinator::auth::Token;
+use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
 use vidx_coordinator::domain::{LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment, Task};
 use vidx_coordinator::metrics::Metrics;
+use vidx_coordinator::server::{self, ServerConfig};
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
-use vidx_worker::runtime::{CancelFlag, JobFailure, Outcome, Processor, WorkerConfig, run};
+use vidx_worker::runtime::{
+    CancelFlag, JobFailure, JobSource, Outcome, Processor, WorkerConfig, run,
+};
 
 /// Decides each job's outcome from its video name, the way real inputs differ.
 struct ByName {
@@ -110,7 +116,41 @@ fn coordinator() -> Coordinator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_reported_and_one_bad_video_never_stops_the_pass() {
     let coordinator = coordinator();
-    let pass_id = pass(&coordinator, &["good", "corrupt", "flaky", "panic", "long"]).await;
+    every_outcome_through(Arc::new(coordinator.clone()), &coordinator).await;
+}
+
+/// The same pass through the gRPC client against a served coordinator, as `vidx worker` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_grpc_reports_every_outcome() {
+    let coordinator = coordinator();
+    let token = Token::new("runtime-token").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(
+        coordinator.clone(),
+        ServerConfig {
+            auth_token: Some(token.clone()),
+            ..ServerConfig::default()
+        },
+        listener,
+        None,
+        async {
+            let _ = server_stopped.await;
+        },
+    ));
+    let client = CoordinatorClient::connect(&ClientConfig::new(url, Some(token)))
+        .await
+        .unwrap();
+    every_outcome_through(Arc::new(client), &coordinator).await;
+    let _ = stop_server.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Runs a worker over `source` until the pass of five telling videos on `coordinator` ends, and
+/// checks each outcome was recorded.
+async fn every_outcome_through(source: Arc<dyn JobSource>, coordinator: &Coordinator) {
+    let pass_id = pass(coordinator, &["good", "corrupt", "flaky", "panic", "long"]).await;
     let processor = Arc::new(ByName {
         calls: AtomicU32::new(0),
     });
@@ -124,7 +164,7 @@ async fn every_outcome_is_reported_and_one_bad_video_never_stops_the_pass() {
     // Retries are due after 1 ms; a few idle rounds pick them up.
     for _ in 0..50 {
         let tally = run(
-            Arc::new(coordinator.clone()),
+            source.clone(),
             processor.clone(),
             config.clone(),
             stopped.clone(),
