@@ -4,13 +4,15 @@
 //! `vidx coordinator` and `vidx worker` processes on a real Redis, submits a pass, waits for it
 //! and writes its manifest.
 
-use std::net::TcpStream;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Process, VIDX, ffmpeg_clip, start_coordinator};
 use serde_yaml_ng::Value;
-use vidx_coordinator::testing::{RedisServer, free_port};
+use vidx_coordinator::testing::RedisServer;
 use vidx_worker::evidence::ModerationPolicy;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vidx");
@@ -205,43 +207,11 @@ fn missing_values_are_refused_with_what_to_set() {
     assert!(of_kind(&documents, "Secret").is_empty());
 }
 
-/// A child process stopped by its pid when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ffmpeg_clip(path: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-        .args(["-i", "testsrc2=size=160x120:rate=10:duration=2"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg runs (run scripts/setup.sh)");
-    assert!(status.success());
-}
-
 /// Runs the CronJob container's script with the pod's environment; the policy is mounted at a
 /// temporary path instead of `/policy`.
 fn run_cronjob_script(script: &str, policy: &Path, coordinator: &str, job_name: &str) -> String {
     let script = script.replace("/policy/policy.yaml", policy.to_str().unwrap());
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_vidx")).parent().unwrap();
+    let bin_dir = Path::new(VIDX).parent().unwrap();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
@@ -283,7 +253,7 @@ fn moderation_cronjob_runs_a_pass_and_writes_its_manifest() {
     assert!(model.join("config.json").exists(), "missing {model:?}");
     let corpus = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    ffmpeg_clip(&corpus.path().join("clip.mp4"));
+    ffmpeg_clip(&corpus.path().join("clip.mp4"), 2);
     std::fs::write(corpus.path().join("empty.mp4"), b"").unwrap();
 
     let values = format!(
@@ -307,22 +277,9 @@ fn moderation_cronjob_runs_a_pass_and_writes_its_manifest() {
     .unwrap();
 
     let redis = RedisServer::start().unwrap();
-    let port = free_port().unwrap();
-    let vidx = env!("CARGO_BIN_EXE_vidx");
-    let _coordinator = Process(
-        Command::new(vidx)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis", &redis.url()])
-            .env("VIDX_TOKEN", "chart-token")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
-    let coordinator_url = format!("http://127.0.0.1:{port}");
+    let (_coordinator, coordinator_url) = start_coordinator(&redis.url(), "chart-token");
     let _worker = Process(
-        Command::new(vidx)
+        Command::new(VIDX)
             .args(["worker", "--model", model.to_str().unwrap()])
             .args(["--max-new-tokens", "8", "--min-pixels", "3136"])
             .args(["--max-pixels", "12544"])

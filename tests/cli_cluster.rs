@@ -1,0 +1,131 @@
+//! The client subcommands against a real `vidx coordinator` process on a real Redis: submit,
+//! passes, jobs, status, cancel and finalize, each with the output people and scripts read, and a
+//! one-line error with a non-zero exit for what is wrong (bad token, unknown pass, bad filter).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{VIDX, ffmpeg_clip, start_coordinator};
+use vidx_coordinator::testing::RedisServer;
+
+const TOKEN: &str = "cli-token";
+
+fn vidx(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(VIDX)
+        .args(args)
+        .env("VIDX_COORDINATOR", url)
+        .env("VIDX_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("vidx runs")
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "vidx failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// The last line of stderr of a failed run; failing runs say what is wrong on one line.
+fn error_of(output: &Output) -> String {
+    assert!(!output.status.success(), "expected a failure");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn client_commands_against_a_real_coordinator() {
+    let redis = RedisServer::start().unwrap();
+    let (_coordinator, url) = start_coordinator(&redis.url(), TOKEN);
+    let corpus = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ffmpeg_clip(&corpus.path().join("a.mp4"), 1);
+    ffmpeg_clip(&corpus.path().join("b.mp4"), 1);
+    let corpus_dir = corpus.path().to_str().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+
+    let submitted = vidx(
+        &url,
+        TOKEN,
+        &[
+            "submit",
+            corpus_dir,
+            "--out",
+            out_dir,
+            "--question",
+            "What is shown?",
+        ],
+    );
+    let pass_id = stdout_of(&submitted).trim().to_owned();
+    assert!(!pass_id.is_empty() && !pass_id.contains(char::is_whitespace));
+
+    // Planning runs in the coordinator; no worker runs, so the jobs wait.
+    let started = Instant::now();
+    let status = loop {
+        let output = vidx(&url, TOKEN, &["status", &pass_id, "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+        if status["state"] == "running" && status["counts"]["pending"] == 2 {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "planning did not finish: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["pass_id"], pass_id.as_str());
+
+    let passes = stdout_of(&vidx(&url, TOKEN, &["passes"]));
+    assert!(passes.contains(&pass_id), "{passes}");
+    let jobs = stdout_of(&vidx(&url, TOKEN, &["jobs", &pass_id, "--json"]));
+    let urls: Vec<String> = jobs
+        .lines()
+        .map(|line| {
+            let job: serde_json::Value = serde_json::from_str(line).unwrap();
+            job["spec"]["video_url"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(urls.len(), 2, "{jobs}");
+    assert!(urls.iter().any(|url| url.ends_with("/a.mp4")), "{urls:?}");
+    let pending = stdout_of(&vidx(
+        &url,
+        TOKEN,
+        &["jobs", &pass_id, "--state", "pending"],
+    ));
+    assert_eq!(pending.lines().count(), 2, "{pending}");
+
+    // A finished pass is what finalize takes; a running one is refused.
+    let early = error_of(&vidx(&url, TOKEN, &["finalize", &pass_id]));
+    assert!(
+        early.contains("finalize it once it has finished"),
+        "{early}"
+    );
+
+    let cancelled = stdout_of(&vidx(&url, TOKEN, &["cancel", &pass_id]));
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+    let finalized = stdout_of(&vidx(&url, TOKEN, &["finalize", &pass_id]));
+    assert!(finalized.contains("0 indexed, 2 failed"), "{finalized}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["pass_id"], pass_id.as_str());
+
+    // What is wrong is said on one line, with a non-zero exit.
+    let bad_token = error_of(&vidx(&url, "wrong-token", &["passes"]));
+    assert!(bad_token.contains("invalid token"), "{bad_token}");
+    let unknown = error_of(&vidx(&url, TOKEN, &["status", "no-such-pass"]));
+    assert!(unknown.contains("no-such-pass"), "{unknown}");
+    let bad_state = error_of(&vidx(
+        &url,
+        TOKEN,
+        &["jobs", &pass_id, "--state", "napping"],
+    ));
+    assert!(bad_state.contains("unknown job state"), "{bad_state}");
+    let missing_source = error_of(&vidx(&url, TOKEN, &["submit", "", "--out", out_dir]));
+    assert!(!missing_source.is_empty());
+}
