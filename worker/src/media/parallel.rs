@@ -31,15 +31,22 @@ pub(super) struct Layout {
     pub(super) threads_per_decoder: usize,
 }
 
+/// Most decoders chosen automatically: each opens its own copy of the video (a reader with its
+/// block cache, a demuxer, a stream of ranged requests), which stops paying long before the cores
+/// of a large node run out; the cores left over go to each decoder's frame threads.
+const MAX_AUTO_DECODERS: usize = 8;
+
 /// Decoders side by side for `runs` independent runs of targets given a budget of `threads`
-/// (0: every core); `None` when one decoder is all that can be used.
+/// (0: every core, at most [`MAX_AUTO_DECODERS`] decoders); `None` when one decoder is all that
+/// can be used.
 pub(super) fn layout(threads: usize, runs: usize) -> Option<Layout> {
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, usize::from)
+    let (threads, max_decoders) = if threads == 0 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores, MAX_AUTO_DECODERS)
     } else {
-        threads
+        (threads, threads)
     };
-    let decoders = threads.min(runs);
+    let decoders = threads.min(runs).min(max_decoders);
     (decoders >= 2).then(|| Layout {
         decoders,
         threads_per_decoder: (threads / decoders).max(1),
@@ -306,5 +313,20 @@ mod tests {
                 threads_per_decoder: 4
             })
         );
+        // Automatic: one decoder per core up to the cap, the rest as frame threads.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let automatic = layout(0, 100);
+        if cores >= 2 {
+            let decoders = cores.min(MAX_AUTO_DECODERS);
+            assert_eq!(
+                automatic,
+                Some(Layout {
+                    decoders,
+                    threads_per_decoder: cores / decoders
+                })
+            );
+        } else {
+            assert_eq!(automatic, None);
+        }
     }
 }

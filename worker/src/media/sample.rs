@@ -72,8 +72,8 @@ pub struct DecodeLimits {
     /// Largest picture accepted, in pixels (width times height).
     pub max_pixels: u64,
     /// Decoding threads: 0 uses every core. Runs of targets after different keyframes go to
-    /// single-threaded decoders side by side, one per thread; a single run gets one decoder with
-    /// FFmpeg's frame threading.
+    /// decoders side by side, one per thread (automatically at most 8, the other cores becoming
+    /// their frame threads); a single run gets one decoder with FFmpeg's frame threading.
     pub threads: usize,
     /// Bytes of decoded frames that decoders running ahead may hold while the caller still waits
     /// for an earlier frame; at least one frame is always allowed.
