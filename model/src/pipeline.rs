@@ -200,11 +200,23 @@ impl OpenO3Video {
 
     /// Resizes, patchifies and encodes the frames with one vision tower call.
     pub fn encode_frames(&self, frames: &[TimedFrame]) -> Result<EncodedFrames> {
+        self.encode(frames, true)
+    }
+
+    /// Encodes frames already resized with [`Processor::resize`] (as a caller does to each frame
+    /// as it is decoded, so that full-size frames are never held together). They are not resized
+    /// again: `smart_resize` is not idempotent for extreme aspect ratios, where its
+    /// `max(factor, ..)` clamp exceeds the pixel bound and a second pass would shrink them.
+    pub fn encode_resized_frames(&self, frames: &[TimedFrame]) -> Result<EncodedFrames> {
+        self.encode(frames, false)
+    }
+
+    fn encode(&self, frames: &[TimedFrame], resize: bool) -> Result<EncodedFrames> {
         if frames.is_empty() {
             return Err(Error::Input("no frames".into()));
         }
         let images: Vec<RgbImage> = frames.iter().map(|f| f.image.clone()).collect();
-        let pixels = self.processor.preprocess_images(&images, true)?;
+        let pixels = self.processor.preprocess_images(&images, resize)?;
         let embeds = self
             .model
             .encode_vision(&pixels.to_tensor(self.model.device())?, &pixels.grids)?;

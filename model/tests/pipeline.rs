@@ -31,6 +31,50 @@ fn fixture_frames(fixture: &std::collections::HashMap<String, Tensor>) -> Result
         .collect()
 }
 
+/// Frames resized one by one as they are decoded encode exactly as the model resizing them
+/// itself, extreme aspect ratios included (where resizing twice would shrink them again).
+#[test]
+fn frames_resized_ahead_encode_like_frames_resized_by_the_model() -> Result<()> {
+    let mut pipeline = OpenO3Video::load(realvocab_dir(), &LoadOptions::default())?;
+    pipeline.set_pixel_bounds(3136, 12544);
+    let gradient = |width: usize, height: usize| -> Result<RgbImage> {
+        let data = (0..width * height * 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        Ok(RgbImage::new(width, height, data)?)
+    };
+    for (width, height) in [(160, 120), (4000, 57)] {
+        let frames = vec![
+            TimedFrame {
+                image: gradient(width, height)?,
+                timestamp_seconds: 0.0,
+            },
+            TimedFrame {
+                image: gradient(width, height)?,
+                timestamp_seconds: 1.0,
+            },
+        ];
+        let resized: Vec<TimedFrame> = frames
+            .iter()
+            .map(|frame| {
+                Ok(TimedFrame {
+                    image: pipeline.processor().resize(&frame.image)?,
+                    timestamp_seconds: frame.timestamp_seconds,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let direct = pipeline.encode_frames(&frames)?;
+        let ahead = pipeline.encode_resized_frames(&resized)?;
+        assert_eq!(direct.grids(), ahead.grids(), "{width}x{height}");
+        let difference = (direct.embeds() - ahead.embeds())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(difference, 0.0, "{width}x{height}");
+    }
+    Ok(())
+}
+
 #[test]
 fn questions_share_one_vision_pass_and_the_prefix() -> Result<()> {
     let dir = realvocab_dir();

@@ -126,6 +126,38 @@ pub fn segments(duration_s: f64, length_s: f64) -> Vec<Segment> {
     out
 }
 
+/// Sampled frames as the rest of a job needs them.
+#[derive(Default)]
+struct PreparedFrames {
+    /// Frames resized for the model, times relative to the segment start.
+    frames: Vec<TimedFrame>,
+    /// One PNG thumbnail per frame, at most [`THUMBNAIL_MAX_WIDTH`] wide.
+    thumbnails: Vec<EncodedImage>,
+    /// Upright size of the first frame as decoded, `(width, height)`.
+    source_size: Option<(usize, usize)>,
+}
+
+impl PreparedFrames {
+    /// Resizes `frame` for the model (the one resize its preprocessing does; the frames then go
+    /// to `encode_resized_frames`) and keeps a thumbnail.
+    fn add(
+        &mut self,
+        processor: &vidx_model::processor::Processor,
+        frame: media::Frame,
+        segment_start_s: f64,
+    ) -> Result<(), JobFailure> {
+        let image = RgbImage::new(frame.width as usize, frame.height as usize, frame.rgb)
+            .map_err(model_failure)?;
+        self.source_size.get_or_insert((image.width, image.height));
+        self.thumbnails.push(png(&image)?);
+        self.frames.push(TimedFrame {
+            image: processor.resize(&image).map_err(model_failure)?,
+            timestamp_seconds: frame.t_s - segment_start_s,
+        });
+        Ok(())
+    }
+}
+
 fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
     // Only a wide frame is scaled down; either way the pixels are copied once, into the encoder.
     let (width, height, data) = if image.width > THUMBNAIL_MAX_WIDTH {
@@ -202,30 +234,45 @@ impl Processor for Pipeline {
             start_s,
             end_s: (spec.end_s > start_s).then_some(spec.end_s),
         };
-        let sampled = media::sample_source(&source, &sampling, &SampleOptions::default())
-            .map_err(|error| media_failure("sample", error))?;
+        // Each frame is resized for the model and thumbnailed as soon as it is decoded: a job
+        // holds model-sized frames and small thumbnails, never a segment of full-size frames
+        // (16 frames of 8K video are 1.6 GB).
+        let mut prepared = PreparedFrames::default();
+        let mut failure = None;
+        let sampled =
+            media::sample_source_with(&source, &sampling, &SampleOptions::default(), |frame| {
+                prepared
+                    .add(self.model.processor(), frame, start_s)
+                    .map_err(|job_failure| {
+                        let reason = job_failure.reason.clone();
+                        failure = Some(job_failure);
+                        MediaError::Stopped {
+                            uri: source.uri.clone(),
+                            reason,
+                        }
+                    })
+            });
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        sampled.map_err(|error| media_failure("sample", error))?;
         if cancel.is_raised() {
             return Err(JobFailure {
                 reason: "cancelled".into(),
                 retryable: true,
             });
         }
-        let mut frames = Vec::with_capacity(sampled.frames.len());
-        for frame in sampled.frames {
-            let image = RgbImage::new(frame.width as usize, frame.height as usize, frame.rgb)
-                .map_err(model_failure)?;
-            frames.push(TimedFrame {
-                image,
-                timestamp_seconds: frame.t_s - start_s,
-            });
-        }
-        let first = frames
-            .first()
-            .ok_or_else(|| invalid("sample: no frames".into()))?;
+        let PreparedFrames {
+            frames,
+            thumbnails,
+            source_size,
+        } = prepared;
+        let (source_width, source_height) =
+            source_size.ok_or_else(|| invalid("sample: no frames".into()))?;
         let (model_height, model_width) = self
             .model
             .processor()
-            .target_size(first.image.height, first.image.width)
+            .target_size(source_height, source_width)
             .map_err(model_failure)?;
         let rotation = Rotation::from_degrees_clockwise(i64::from(probe.rotation))
             .map_err(|error| invalid(format!("rotation: {error}")))?;
@@ -277,7 +324,10 @@ impl Processor for Pipeline {
             .map_err(|error| invalid(format!("segment: {error}")))?;
 
         // The vision tower and the shared prefix run once for all questions.
-        let encoded = self.model.encode_frames(&frames).map_err(model_failure)?;
+        let encoded = self
+            .model
+            .encode_resized_frames(&frames)
+            .map_err(model_failure)?;
         let prefix = self
             .model
             .prefill(
@@ -307,8 +357,7 @@ impl Processor for Pipeline {
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
 
-        for (frame_index, frame) in frames.iter().enumerate() {
-            let encoded = png(&frame.image)?;
+        for (frame_index, encoded) in thumbnails.into_iter().enumerate() {
             let thumbnail = self
                 .runtime
                 .block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))

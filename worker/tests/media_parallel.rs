@@ -112,7 +112,8 @@ fn an_error_from_the_caller_stops_every_decoder() -> anyhow::Result<()> {
     let result = sample_source_with(&source, &spec(), &options(3, 256 << 20), |_frame| {
         seen += 1;
         if seen == 5 {
-            return Err(MediaError::InvalidSpec {
+            return Err(MediaError::Stopped {
+                uri: "test".into(),
                 reason: "caller gave up".into(),
             });
         }

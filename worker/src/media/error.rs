@@ -96,6 +96,9 @@ pub enum MediaError {
         budget: Budget,
         detail: String,
     },
+    /// The caller's frame handler stopped sampling; its own error says why.
+    #[error("sampling of {uri} stopped by its caller: {reason}")]
+    Stopped { uri: String, reason: String },
     /// Writing frames or a manifest to local disk failed.
     #[error("writing output {path}: {source}")]
     Output {
@@ -139,6 +142,7 @@ impl MediaError {
             | MediaError::Truncated { .. }
             | MediaError::NoFrames { .. }
             | MediaError::TooLarge { .. }
+            | MediaError::Stopped { .. }
             | MediaError::Ffmpeg { .. } => false,
         }
     }
@@ -161,6 +165,7 @@ impl MediaError {
             MediaError::NoFrames { .. } => "no_frames",
             MediaError::TooLarge { .. } => "too_large",
             MediaError::BudgetExceeded { .. } => "budget_exceeded",
+            MediaError::Stopped { .. } => "stopped",
             MediaError::Output { .. } => "output",
             MediaError::Ffmpeg { .. } => "ffmpeg",
         }
