@@ -54,32 +54,84 @@ pub fn normalize(raw: &str) -> Result<String> {
 /// Opens the store a URL names. No I/O happens until the store is used.
 pub fn open(raw: &str) -> Result<Location> {
     let url = parse_store_url("object", raw)?;
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(|error| store_config_error(&url, error))?,
-        ),
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(|error| store_config_error(&url, error))?,
-        ),
-        "az" | "abfs" | "abfss" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(|error| store_config_error(&url, error))?,
-        ),
-        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
-        "memory" => Arc::new(object_store::memory::InMemory::new()),
-        other => return Err(Error::invalid(format!("unsupported scheme {other:?}"))),
-    };
-    let path = Path::from_url_path(url.path())
-        .map_err(|error| Error::invalid(format!("url path of {url} is not valid: {error}")))?;
+    let (store, path) = store_for_url(&url, &[])?;
     Ok(Location { store, path, url })
+}
+
+/// The store a URL names and the path inside it: the one place vidx turns URLs into stores, for
+/// the planner, the worker's reader and the evidence index alike.
+///
+/// Cloud stores (`s3://`, `gs://`, `az://` and the other Azure schemes, and each cloud's
+/// `https://` forms) are configured from the environment the way each cloud's own tools are
+/// (`AWS_*` including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`), then from
+/// `options`, `object_store` configuration keys such as `aws_endpoint_url` that take
+/// precedence; keys that do not apply to the URL's store are ignored. `file://` URLs open the
+/// local file system, `memory://` a fresh in-memory store.
+pub fn store_for_url(
+    url: &Url,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    use object_store::ObjectStoreScheme;
+    use object_store::aws::AmazonS3Builder;
+    use object_store::azure::MicrosoftAzureBuilder;
+    use object_store::gcp::GoogleCloudStorageBuilder;
+
+    let (scheme, path) =
+        ObjectStoreScheme::parse(url).map_err(|error| store_config_error(url, error.into()))?;
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+        ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+        ObjectStoreScheme::AmazonS3 => Arc::new(
+            configure(
+                AmazonS3Builder::from_env().with_url(url.as_str()),
+                options,
+                |builder, key, value| builder.with_config(key, value),
+            )
+            .build()
+            .map_err(|error| store_config_error(url, error))?,
+        ),
+        ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+            configure(
+                GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
+                options,
+                |builder, key, value| builder.with_config(key, value),
+            )
+            .build()
+            .map_err(|error| store_config_error(url, error))?,
+        ),
+        ObjectStoreScheme::MicrosoftAzure => Arc::new(
+            configure(
+                MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
+                options,
+                |builder, key, value| builder.with_config(key, value),
+            )
+            .build()
+            .map_err(|error| store_config_error(url, error))?,
+        ),
+        other => {
+            return Err(Error::invalid(format!(
+                "unsupported store {other:?} for {}",
+                url.scheme()
+            )));
+        }
+    };
+    Ok((store, path))
+}
+
+/// Applies the options whose keys parse as configuration keys of builder `B`.
+fn configure<B, K: std::str::FromStr>(
+    builder: B,
+    options: &[(String, String)],
+    apply: impl Fn(B, K, String) -> B,
+) -> B {
+    options
+        .iter()
+        .fold(builder, |builder, (key, value)| {
+            match key.to_ascii_lowercase().parse::<K>() {
+                Ok(key) => apply(builder, key, value.clone()),
+                Err(_) => builder,
+            }
+        })
 }
 
 fn store_config_error(url: &Url, error: object_store::Error) -> Error {

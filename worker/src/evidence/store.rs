@@ -201,12 +201,11 @@ impl EvidenceIndex {
             url::Url::from_directory_path(&absolute)
                 .map_err(|()| invalid("not an absolute path".into()))?
         };
-        let (store, prefix) =
-            object_store::parse_url(&parsed).map_err(|error| invalid(error.to_string()))?;
-        Ok(Self {
-            store: Arc::from(store),
-            prefix,
-        })
+        // The same store the planner and the reader would open for this URL, credentials and
+        // endpoints from the environment.
+        let (store, prefix) = vidx_coordinator::objects::store_for_url(&parsed, &[])
+            .map_err(|error| invalid(error.to_string()))?;
+        Ok(Self { store, prefix })
     }
 
     /// The object store.

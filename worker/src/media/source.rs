@@ -1,17 +1,14 @@
 //! Where a video lives: a URL parsed into an `object_store` store and a path inside it.
 //!
-//! Cloud stores are configured from the environment the way each cloud's own tools are:
-//! `AWS_*` (including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for S3-compatible servers),
-//! `GOOGLE_*` and `AZURE_*` variables. Plain paths, relative or absolute, and `file://` URLs are
-//! read from the local file system through the same interface.
+//! Cloud stores come from `vidx_coordinator::objects::store_for_url`, the one place URLs become
+//! stores, configured from the environment the way each cloud's own tools are (`AWS_*`
+//! including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for S3-compatible servers, `GOOGLE_*`,
+//! `AZURE_*`). Plain paths, relative or absolute, and `file://` URLs are read from the local file
+//! system through the same interface.
 
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::ObjectStoreScheme;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
@@ -83,44 +80,14 @@ impl VideoSource {
             Ok(url) if url.scheme().len() > 1 => url,
             _ => return Self::local(address),
         };
-        let (scheme, path) =
-            ObjectStoreScheme::parse(&url).map_err(|error| invalid(error.to_string()))?;
-        let store: Arc<dyn ObjectStore> = match scheme {
-            ObjectStoreScheme::Local => {
-                let file = url
-                    .to_file_path()
-                    .map_err(|()| invalid("not a local file path".into()))?;
-                return Self::local_path(address, &file);
-            }
-            ObjectStoreScheme::AmazonS3 => Arc::new(
-                configure(
-                    AmazonS3Builder::from_env().with_url(url.as_str()),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|error| invalid(error.to_string()))?,
-            ),
-            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
-                configure(
-                    GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|error| invalid(error.to_string()))?,
-            ),
-            ObjectStoreScheme::MicrosoftAzure => Arc::new(
-                configure(
-                    MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|error| invalid(error.to_string()))?,
-            ),
-            other => return Err(invalid(format!("unsupported store scheme {other:?}"))),
-        };
+        if url.scheme() == "file" {
+            let file = url
+                .to_file_path()
+                .map_err(|()| invalid("not a local file path".into()))?;
+            return Self::local_path(address, &file);
+        }
+        let (store, path) = vidx_coordinator::objects::store_for_url(&url, &options)
+            .map_err(|error| invalid(error.to_string()))?;
         if path.as_ref().is_empty() {
             return Err(invalid("the url names a bucket but no object".into()));
         }
@@ -166,20 +133,6 @@ fn normalize(path: &std::path::Path) -> std::path::PathBuf {
         }
     }
     normalized
-}
-
-/// Applies the options whose keys parse as configuration keys of builder `B`.
-fn configure<B, K: std::str::FromStr>(
-    builder: B,
-    options: &[(String, String)],
-    apply: impl Fn(B, K, String) -> B,
-) -> B {
-    options
-        .iter()
-        .fold(builder, |builder, (key, value)| match key.parse::<K>() {
-            Ok(key) => apply(builder, key, value.clone()),
-            Err(_) => builder,
-        })
 }
 
 #[cfg(test)]
