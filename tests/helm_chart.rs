@@ -24,21 +24,9 @@ const POLICY: &str = "categories:
     severity: high
 ";
 
-/// `$VIDX_HELM`, else `helm` beside cargo's binaries (where the setup script puts it), else
-/// `helm` from `PATH`.
+/// `$VIDX_HELM`, else the `helm` that `scripts/setup.sh` puts in `.tools/bin`.
 fn helm() -> PathBuf {
-    if let Some(path) = std::env::var_os("VIDX_HELM") {
-        return PathBuf::from(path);
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
-        PathBuf::from,
-    );
-    let beside_cargo = cargo_home.join("bin/helm");
-    if beside_cargo.exists() {
-        return beside_cargo;
-    }
-    PathBuf::from("helm")
+    std::env::var_os("VIDX_HELM").map_or_else(|| common::tool("helm"), PathBuf::from)
 }
 
 fn run_helm(args: &[&str], values: &str) -> std::process::Output {

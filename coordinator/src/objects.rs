@@ -124,14 +124,12 @@ fn configure<B, K: std::str::FromStr>(
     options: &[(String, String)],
     apply: impl Fn(B, K, String) -> B,
 ) -> B {
-    options
-        .iter()
-        .fold(builder, |builder, (key, value)| {
-            match key.to_ascii_lowercase().parse::<K>() {
-                Ok(key) => apply(builder, key, value.clone()),
-                Err(_) => builder,
-            }
-        })
+    options.iter().fold(builder, |builder, (key, value)| {
+        match key.to_ascii_lowercase().parse::<K>() {
+            Ok(key) => apply(builder, key, value.clone()),
+            Err(_) => builder,
+        }
+    })
 }
 
 fn store_config_error(url: &Url, error: object_store::Error) -> Error {

@@ -13,6 +13,20 @@ use vidx_coordinator::testing::free_port;
 /// The `vidx` binary under test.
 pub const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 
+/// A tool `scripts/setup.sh` installs under `.tools/bin` (helm, the Azure and GCS emulators);
+/// fails with what to run when it is missing.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh",
+        path.display()
+    );
+    path
+}
+
 /// A child process, killed and reaped by its pid when dropped.
 pub struct Process(pub Child);
 
