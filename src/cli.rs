@@ -57,9 +57,65 @@ pub enum Command {
     Search(crate::commands::evidence::SearchArgs),
     /// Write a static HTML report of an evidence index.
     Report(crate::commands::evidence::ReportArgs),
+    /// Scale a worker Deployment on queue depth through the Kubernetes API.
+    Autoscale(AutoscaleArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `vidx autoscale`.
+#[derive(Debug, Args)]
+pub struct AutoscaleArgs {
+    /// The worker Deployment to scale.
+    #[arg(
+        long,
+        env = "VIDX_WORKER_DEPLOYMENT",
+        required_unless_present = "dry_run"
+    )]
+    pub deployment: Option<String>,
+    /// Decide and log, but scale a count kept in memory instead of a Deployment (no cluster
+    /// needed); the count starts at `--min-workers`.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Its namespace (default: the pod's own, or the kubeconfig's).
+    #[arg(long, env = "VIDX_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Fewest workers, also with no work (0 scales to zero).
+    #[arg(long, env = "VIDX_MIN_WORKERS", default_value_t = 0)]
+    pub min_workers: u32,
+    /// Most workers.
+    #[arg(long, env = "VIDX_MAX_WORKERS", default_value_t = 8)]
+    pub max_workers: u32,
+    /// Outstanding jobs (pending, leased, retrying) one worker is meant to have ahead of it.
+    #[arg(long, env = "VIDX_JOBS_PER_WORKER", default_value_t = 4)]
+    pub jobs_per_worker: u32,
+    /// Seconds between rounds.
+    #[arg(long, env = "VIDX_AUTOSCALE_INTERVAL_SECS", default_value_t = 15)]
+    pub interval_secs: u64,
+    /// Seconds demand must stay lower before workers are removed.
+    #[arg(long, env = "VIDX_SCALE_DOWN_DELAY_SECS", default_value_t = 300)]
+    pub scale_down_delay_secs: u64,
+    /// Coordinator connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl AutoscaleArgs {
+    /// The validated scaling policy.
+    pub fn policy(&self) -> anyhow::Result<crate::autoscale::ScalePolicy> {
+        let policy = crate::autoscale::ScalePolicy {
+            min_replicas: self.min_workers,
+            max_replicas: self.max_workers,
+            jobs_per_worker: self.jobs_per_worker,
+            scale_down_delay: std::time::Duration::from_secs(self.scale_down_delay_secs),
+        };
+        policy.validate()?;
+        if self.interval_secs == 0 {
+            anyhow::bail!("the interval must be at least 1 second");
+        }
+        Ok(policy)
+    }
 }
 
 /// How to reach a coordinator.

@@ -2,6 +2,7 @@
 //! coordinator and worker libraries. Kept as a library so integration tests can call the same
 //! code paths the binary runs.
 
+pub mod autoscale;
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -8,6 +8,10 @@ use vidx::commands::{ask, coordinator, evidence, media, passes, worker};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vidx::telemetry::init(cli.log_format);
+    // Both of rustls's crypto back ends are linked (object_store's HTTP client brings ring,
+    // tonic's TLS aws-lc-rs), so rustls cannot pick one by itself, and any client that asks it
+    // for the default (the Kubernetes client does) would panic. aws-lc-rs, as tonic uses.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,8 +50,37 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ask(args) => ask::ask(args).await,
         Command::Search(args) => print(evidence::search(&args).await?),
         Command::Report(args) => print(evidence::report(&args).await?),
+        Command::Autoscale(args) => autoscale(args).await,
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
     }
+}
+
+/// `vidx autoscale`: until SIGTERM.
+async fn autoscale(args: vidx::cli::AutoscaleArgs) -> anyhow::Result<()> {
+    use vidx::autoscale::{DeploymentScale, InMemoryReplicas, Replicas};
+    let policy = args.policy()?;
+    let mut client = args.client.connect().await?;
+    let mut replicas: Box<dyn Replicas> = match &args.deployment {
+        Some(name) if !args.dry_run => {
+            Box::new(DeploymentScale::connect(name, args.namespace.as_deref()).await?)
+        }
+        _ => Box::new(InMemoryReplicas {
+            count: policy.min_replicas,
+        }),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    vidx::autoscale::run(
+        policy,
+        std::time::Duration::from_secs(args.interval_secs),
+        &mut client,
+        replicas.as_mut(),
+        stopped,
+    )
+    .await
 }
 
 async fn blocking(

@@ -195,6 +195,67 @@ fn missing_values_are_refused_with_what_to_set() {
     assert!(of_kind(&documents, "Secret").is_empty());
 }
 
+#[test]
+fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
+    let values =
+        "auth:\n  token: t\nworker:\n  autoscaling:\n    enabled: true\n    maxReplicas: 16\n";
+    let lint = run_helm(&["lint", "--strict"], values);
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let documents = render(values).unwrap();
+    // The autoscaler owns the worker count: the chart leaves it out so upgrades keep it.
+    let worker = named(&documents, "Deployment", "t-vidx-worker");
+    assert!(worker["spec"]["replicas"].is_null());
+
+    let role = named(&documents, "Role", "t-vidx-autoscaler");
+    let rules = role["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["resources"][0], "deployments/scale");
+    assert_eq!(rules[0]["resourceNames"][0], "t-vidx-worker");
+    let binding = named(&documents, "RoleBinding", "t-vidx-autoscaler");
+    assert_eq!(binding["subjects"][0]["name"], "t-vidx-autoscaler");
+    named(&documents, "ServiceAccount", "t-vidx-autoscaler");
+
+    let pod = &named(&documents, "Deployment", "t-vidx-autoscaler")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "t-vidx-autoscaler");
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "autoscale");
+    assert_eq!(
+        env(container, "VIDX_WORKER_DEPLOYMENT"),
+        Some("t-vidx-worker")
+    );
+    assert_eq!(env(container, "VIDX_MAX_WORKERS"), Some("16"));
+
+    // The binary takes every setting the chart gives it: with them it gets as far as
+    // connecting to the (here absent) coordinator.
+    let mut command = Command::new(VIDX);
+    command.args(["autoscale", "--dry-run"]);
+    for entry in container["env"].as_sequence().unwrap() {
+        if let (Some(name), Some(value)) = (entry["name"].as_str(), entry["value"].as_str()) {
+            command.env(name, value);
+        }
+    }
+    let output = command
+        .env("VIDX_COORDINATOR", "http://127.0.0.1:9")
+        .env("VIDX_TOKEN", "t")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect to coordinator"), "{stderr}");
+
+    let error = render(
+        "auth:\n  token: t\nworker:\n  autoscaling:\n    enabled: true\n    minReplicas: 9\n    maxReplicas: 2\n",
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("minReplicas must not be above maxReplicas"),
+        "{error}"
+    );
+}
+
 /// Runs the CronJob container's script with the pod's environment; the policy is mounted at a
 /// temporary path instead of `/policy`.
 fn run_cronjob_script(script: &str, policy: &Path, coordinator: &str, job_name: &str) -> String {
