@@ -125,6 +125,24 @@ fn an_error_from_the_caller_stops_every_decoder() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bug in the caller's handler panics through sampling; the decoders are stopped rather than
+/// left waiting for a consumer that is gone (which would hang the job).
+#[test]
+fn a_panicking_handler_stops_every_decoder() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = b_frame_clip(dir.path())?;
+    let source = VideoSource::from_url(url(&path))?;
+    // A one-byte budget makes the decoders ahead wait on the consumer.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = sample_source_with(&source, &spec(), &options(3, 1), |frame| {
+            assert!(frame.index < 2, "handler bug");
+            Ok(())
+        });
+    }));
+    assert!(outcome.is_err(), "the panic comes back to the caller");
+    Ok(())
+}
+
 #[test]
 fn a_cut_upload_is_truncated_with_decoders_side_by_side() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -104,11 +104,12 @@ pub(super) fn run<F: FnMut(Frame) -> Result<()>>(
                 scope.spawn(move || decode_runs(sampler, shared))
             })
             .collect();
+        // However consuming ends (a result, an error, or the caller's handler panicking), the
+        // decoders then have nothing more to do: stop those still running and wake those
+        // waiting for room in the reorder budget, or the scope would wait for them forever.
+        let stop_decoders = StopOnDrop(&shared);
         let outcome = consume(&shared, receivers, delivery);
-        // Whatever happened, the decoders have nothing more to do: stop those still running
-        // and wake those waiting for room in the reorder budget.
-        job.call.stop();
-        shared.reorder.wake_all();
+        drop(stop_decoders);
         let mut counters = Counters::default();
         for worker in workers {
             match worker.join() {
@@ -118,6 +119,16 @@ pub(super) fn run<F: FnMut(Frame) -> Result<()>>(
         }
         outcome.map(|end| (end, counters))
     })
+}
+
+/// Stops every decoder when dropped.
+struct StopOnDrop<'a>(&'a Shared<'a>);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.job.call.stop();
+        self.0.reorder.wake_all();
+    }
 }
 
 /// State the decoders and the consuming thread share.
