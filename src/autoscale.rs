@@ -155,6 +155,11 @@ impl DeploymentScale {
     /// The Deployment `name` in `namespace` (else the client's default namespace), with the
     /// in-cluster service account or the local kubeconfig.
     pub async fn connect(name: &str, namespace: Option<&str>) -> Result<Self> {
+        // Both of rustls's crypto back ends are linked (object_store's HTTP client brings ring,
+        // tonic's TLS aws-lc-rs), so rustls cannot pick a default by itself and the Kubernetes
+        // client, which asks for one, would panic. aws-lc-rs, as tonic uses; a provider already
+        // installed is kept.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API")?;

@@ -8,10 +8,6 @@ use vidx::commands::{ask, coordinator, evidence, media, passes, worker};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vidx::telemetry::init(cli.log_format);
-    // Both of rustls's crypto back ends are linked (object_store's HTTP client brings ring,
-    // tonic's TLS aws-lc-rs), so rustls cannot pick one by itself, and any client that asks it
-    // for the default (the Kubernetes client does) would panic. aws-lc-rs, as tonic uses.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -214,32 +214,30 @@ pub fn sample_source_with(
     let mut delivery = Delivery::new(on_frame);
     let groups = keyframe_groups(&plan.targets, &plan.keyframes_s);
     let layout = parallel::layout(options.limits.threads, groups.len());
+    // The first decoder runs over the copy opened for planning, on its own or beside others.
+    let threads = layout.map_or(options.limits.threads, |layout| layout.threads_per_decoder);
+    let mut first = Sampler::new(video, &plan, threads, &call)?;
+    first.check_size(options.limits.max_pixels)?;
     let (end, counters) = match layout {
-        Some(layout) => {
-            let first = Sampler::new(video, &plan, layout.threads_per_decoder, &call)?;
-            first.check_size(options.limits.max_pixels)?;
-            parallel::run(
-                parallel::Job {
-                    source,
-                    read: &options.read,
-                    plan: &plan,
-                    groups: &groups,
-                    call: &call,
-                    reorder_bytes: options.limits.reorder_bytes,
-                },
-                layout,
-                first,
-                &mut delivery,
-            )?
-        }
+        Some(layout) => parallel::run(
+            parallel::Job {
+                source,
+                read: &options.read,
+                plan: &plan,
+                groups: &groups,
+                call: &call,
+                reorder_bytes: options.limits.reorder_bytes,
+            },
+            layout,
+            first,
+            &mut delivery,
+        )?,
         None => {
-            let mut sampler = Sampler::new(video, &plan, options.limits.threads, &call)?;
-            sampler.check_size(options.limits.max_pixels)?;
             let mut converter = RgbConverter::new();
-            let end = sampler.run_targets(&plan.targets, &mut converter, &mut |frame| {
+            let end = first.run_targets(&plan.targets, &mut converter, &mut |frame| {
                 delivery.deliver(frame)
             })?;
-            (end, sampler.counters())
+            (end, first.counters())
         }
     };
     let ended_early = finish(&plan, end, delivery.kept, &source.uri)?;
@@ -536,12 +534,12 @@ pub(super) struct Sampler<'call> {
     decoder: ffmpeg::decoder::Video,
     packet: ffmpeg::Packet,
     decoded: ffmpeg::frame::Video,
-    orientation: Orientation,
     time_base: f64,
     start_offset_s: f64,
     frame_interval_s: f64,
-    keyframes_s: Vec<f64>,
     skip_nonref: bool,
+    /// Targets, keyframes and orientation, decided once for every decoder of the call.
+    plan: &'call Plan,
     call: &'call CallShared,
     counters: Counters,
     /// Latest presentation time of a video packet read since the last seek.
@@ -561,7 +559,7 @@ impl<'call> Sampler<'call> {
     /// thread only.
     pub(super) fn new(
         video: OpenedVideo,
-        plan: &Plan,
+        plan: &'call Plan,
         threads: usize,
         call: &'call CallShared,
     ) -> Result<Self> {
@@ -600,14 +598,13 @@ impl<'call> Sampler<'call> {
             decoder,
             packet: ffmpeg::Packet::empty(),
             decoded: ffmpeg::frame::Video::empty(),
-            orientation: plan.orientation,
             time_base: f64::from(stream_time_base),
             start_offset_s,
             frame_interval_s: video_fps
                 .filter(|fps| *fps > 0.0)
                 .map_or(0.04, |fps| 1.0 / fps),
-            keyframes_s: plan.keyframes_s.clone(),
             skip_nonref: skip_nonref_is_safe(codec_id),
+            plan,
             call,
             counters: Counters::default(),
             packet_position: None,
@@ -651,12 +648,11 @@ impl<'call> Sampler<'call> {
     /// Whether to seek for `target` given the last demuxed video packet time `position`.
     fn should_seek(&self, target: f64) -> bool {
         let position = self.packet_position;
-        if !self.keyframes_s.is_empty() {
+        let keyframes_s = &self.plan.keyframes_s;
+        if !keyframes_s.is_empty() {
             // The last keyframe at or before the target; seeking pays off only if it lies ahead.
-            let index = self
-                .keyframes_s
-                .partition_point(|k| *k <= target + TIME_EPSILON_S);
-            let Some(keyframe) = index.checked_sub(1).map(|i| self.keyframes_s[i]) else {
+            let index = keyframes_s.partition_point(|k| *k <= target + TIME_EPSILON_S);
+            let Some(keyframe) = index.checked_sub(1).map(|i| keyframes_s[i]) else {
                 return false;
             };
             return match position {
@@ -878,7 +874,7 @@ impl<'call> Sampler<'call> {
                 continue;
             }
             let (width, height, rgb) = converter
-                .convert(&self.decoded, self.orientation)
+                .convert(&self.decoded, self.plan.orientation)
                 .map_err(|error| self.video.read_error("converting to rgb", error))?;
             self.last_emitted = Some(t);
             *kept += 1;
