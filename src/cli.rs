@@ -185,6 +185,10 @@ pub struct CoordinatorArgs {
     /// Longest retry backoff in milliseconds.
     #[arg(long, env = "VIDX_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: i64,
+    /// Delete passes that ended (finished, cancelled or failed) this many days after they were
+    /// created, with all their job state; their evidence indexes stay. Unset keeps them forever.
+    #[arg(long, env = "VIDX_RETAIN_PASSES_DAYS")]
+    pub retain_passes_days: Option<f64>,
 }
 
 /// What a pass runs over and asks: shared by `submit` and `index`.
@@ -372,6 +376,29 @@ pub struct JobsArgs {
 pub enum BenchCommand {
     /// Lease+complete throughput through gRPC against Redis, with `redis-benchmark` as ceiling.
     Queue(QueueBenchArgs),
+    /// One Redis holding a pass of `--jobs` videos: memory per job, planning rate, throughput
+    /// and latencies at that depth, reaping, AOF rewrite and restart.
+    Scale(ScaleBenchArgs),
+}
+
+/// `vidx bench scale`.
+#[derive(Debug, Args)]
+pub struct ScaleBenchArgs {
+    /// Jobs in the pass.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub jobs: u64,
+    /// Concurrent worker clients for the throughput figure.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Jobs leased per call for the throughput figure.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+    /// Jobs completed for the throughput and done-memory figures.
+    #[arg(long, default_value_t = 200_000)]
+    pub complete: u64,
+    /// Calls timed for each latency figure.
+    #[arg(long, default_value_t = 2_000)]
+    pub samples: u32,
 }
 
 /// `vidx bench queue`.

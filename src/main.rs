@@ -48,6 +48,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => print(evidence::report(&args).await?),
         Command::Autoscale(args) => autoscale(args).await,
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
+        Command::Bench(BenchCommand::Scale(args)) => {
+            vidx::bench::scale::scale(args.into_config()?).await
+        }
     }
 }
 

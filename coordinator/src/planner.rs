@@ -4,7 +4,8 @@
 //! per line; `.jsonl`: `{"url": ..., "size": ..., "etag": ...}` per line), read as a stream. Jobs
 //! are written in batches, and the position reached is saved with each batch, so a corpus of any
 //! size plans in bounded memory and a replica that dies mid-planning is replaced by another that
-//! resumes. Job ids are a pure function of the video, so a resumed planner never duplicates a job.
+//! resumes. The store skips a job whose video (URL, time range) the pass already has, so a resumed
+//! planner never duplicates a job.
 //! A planning lock in the store keeps two replicas off the same pass.
 
 use std::collections::HashMap;

@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub replica_id: String,
     /// How often expired leases are reaped.
     pub reap_interval: Duration,
+    /// How long after creation an ended pass's state is kept; `None` keeps it forever.
+    pub retain_passes: Option<Duration>,
+    /// How often ended passes past their retention are looked for.
+    pub expire_interval: Duration,
 }
 
 /// PEM files for TLS.
@@ -49,6 +53,8 @@ impl Default for ServerConfig {
             tls: None,
             replica_id: format!("coordinator-{}", uuid::Uuid::new_v4().simple()),
             reap_interval: Duration::from_millis(500),
+            retain_passes: None,
+            expire_interval: Duration::from_secs(600),
         }
     }
 }
@@ -75,6 +81,14 @@ pub async fn run(
         config.reap_interval,
         stop.clone(),
     ));
+    if let Some(retain) = config.retain_passes {
+        background.spawn(expire_loop(
+            coordinator.clone(),
+            retain,
+            config.expire_interval,
+            stop.clone(),
+        ));
+    }
     background.spawn(crate::planner::run(
         std::sync::Arc::clone(coordinator.store()),
         config.replica_id.clone(),
@@ -156,6 +170,35 @@ async fn reap_loop(coordinator: Coordinator, interval: Duration, mut stop: watch
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Deletes the state of passes that ended and are older than `retain`. Every replica may run it:
+/// deleting a pass twice is harmless.
+async fn expire_loop(
+    coordinator: Coordinator,
+    retain: Duration,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const LIMIT: u32 = 1_000;
+    let retain_ms = i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let cutoff = now_ms().saturating_sub(retain_ms);
+        match coordinator.store().expire_passes(cutoff, LIMIT).await {
+            Ok(expired) if !expired.is_empty() => {
+                info!(
+                    passes = expired.len(),
+                    "expired passes past their retention"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot expire old passes"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
         }
     }
 }

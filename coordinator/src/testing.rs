@@ -1,41 +1,79 @@
 //! Test support: a real `redis-server` on a free loopback port, stopped by its pid when dropped.
+//! `vidx bench scale` uses it too, with append-only persistence and restarts on the same folder.
 //! Built with the `testsuite` feature, for this crate's tests and the workspace's integration tests.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` child process with persistence off, listening on 127.0.0.1 only.
+/// A `redis-server` child process listening on 127.0.0.1 only.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    _owned_dir: Option<tempfile::TempDir>,
+}
+
+/// How to start a [`RedisServer`]; the default is persistence off in a fresh temporary folder.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Append-only persistence (fsync every second), as the Helm chart runs Redis.
+    pub append_only: bool,
+    /// Data folder to use (and keep); `None` for a temporary one removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Port to listen on; `None` picks a free one.
+    pub port: Option<u16>,
 }
 
 impl RedisServer {
-    /// Starts a server; the binary is `$VIDX_REDIS_SERVER` or `redis-server` from `PATH`
-    /// (installed by `scripts/setup.sh`).
+    /// Starts a server with persistence off; the binary is `$VIDX_REDIS_SERVER` or
+    /// `redis-server` from `PATH` (installed by `scripts/setup.sh`).
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with(&RedisOptions::default())
+    }
+
+    /// Starts a server as `options` say, and returns once it answers (after loading any data
+    /// in its folder: Redis refuses commands while loading).
+    pub fn start_with(options: &RedisOptions) -> std::io::Result<Self> {
+        Self::start_waiting(options, Duration::from_secs(10))
+    }
+
+    /// [`RedisServer::start_with`], waiting up to `ready_within` (loading a big data set takes a
+    /// while).
+    pub fn start_waiting(options: &RedisOptions, ready_within: Duration) -> std::io::Result<Self> {
         let binary = std::env::var("VIDX_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut last_error = None;
         // A free port can be taken by someone else between probing and binding: try a few.
         for _ in 0..5 {
-            let port = free_port()?;
-            let dir = tempfile::tempdir()?;
+            let port = match options.port {
+                Some(port) => port,
+                None => free_port()?,
+            };
+            let (dir, owned_dir) = match &options.dir {
+                Some(dir) => (dir.clone(), None),
+                None => {
+                    let owned = tempfile::tempdir()?;
+                    (owned.path().to_owned(), Some(owned))
+                }
+            };
+            let append_only = if options.append_only { "yes" } else { "no" };
             let child = Command::new(&binary)
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args([
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    append_only,
+                    "--appendfsync",
+                    "everysec",
                     "--protected-mode",
                     "yes",
                 ])
                 .args(["--loglevel", "warning", "--daemonize", "no"])
                 .arg("--dir")
-                .arg(dir.path())
+                .arg(&dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -48,11 +86,15 @@ impl RedisServer {
             let mut server = RedisServer {
                 child,
                 port,
-                _dir: dir,
+                dir,
+                _owned_dir: owned_dir,
             };
-            match server.wait_ready(Duration::from_secs(10)) {
+            match server.wait_ready(ready_within) {
                 Ok(()) => return Ok(server),
                 Err(error) => last_error = Some(error),
+            }
+            if options.port.is_some() {
+                break;
             }
         }
         Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
@@ -71,6 +113,11 @@ impl RedisServer {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> std::io::Result<()> {

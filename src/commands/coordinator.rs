@@ -58,6 +58,12 @@ impl CoordinatorArgs {
         if let Some(replica_id) = self.replica_id {
             server.replica_id = replica_id;
         }
+        if let Some(days) = self.retain_passes_days {
+            if !days.is_finite() || days <= 0.0 || days > 36_500.0 {
+                bail!("--retain-passes-days must be in (0, 36500], got {days}");
+            }
+            server.retain_passes = Some(std::time::Duration::from_secs_f64(days * 86_400.0));
+        }
         Ok(CoordinatorConfig {
             listen: self.listen,
             redis: self.redis,

@@ -808,6 +808,82 @@ pub async fn concurrent_reapers(store: Arc<dyn JobStore>) {
     assert_eq!((status.counts.pending, status.counts.leased), (60, 0));
 }
 
+/// Retention: passes that ended before the cutoff go, with their jobs and idempotency key;
+/// younger passes, and old passes with work left, stay.
+pub async fn expire_old_passes(store: Arc<dyn JobStore>) {
+    const DAY: i64 = 86_400_000;
+    let old = store
+        .create_pass(&spec(Some("nightly-old"), 3), T0)
+        .await
+        .unwrap()
+        .pass_id;
+    store.add_jobs(&old, &[video(0)], None, T0).await.unwrap();
+    store.finish_planning(&old, None).await.unwrap();
+    let leased = store
+        .lease(&request(1, 60_000), T0)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(
+            &leased.job.job_id,
+            &leased.lease_id,
+            &Completion::default(),
+            T0,
+        )
+        .await
+        .unwrap();
+    let busy = running_pass(store.as_ref(), 2, 3).await;
+    let young = store
+        .create_pass(&spec(None, 3), T0 + DAY)
+        .await
+        .unwrap()
+        .pass_id;
+    store
+        .add_jobs(&young, &[video(1)], None, T0 + DAY)
+        .await
+        .unwrap();
+    store.cancel_pass(&young, T0 + DAY).await.unwrap();
+
+    let expired = store.expire_passes(T0 + DAY, 100).await.unwrap();
+    assert_eq!(expired, std::slice::from_ref(&old), "only the old pass that ended");
+    assert!(matches!(
+        store.pass_status(&old, T0 + DAY).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.job(&leased.job.job_id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.list_jobs(&old, None, 10, None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .pass_status(&busy, T0 + DAY)
+            .await
+            .unwrap()
+            .counts
+            .pending,
+        2
+    );
+    assert_eq!(
+        store.pass_status(&young, T0 + DAY).await.unwrap().state,
+        PassState::Cancelled
+    );
+    let page = store.list_passes(10, None, T0 + DAY).await.unwrap();
+    assert!(page.items.iter().all(|pass| pass.pass_id != old));
+    let again = store
+        .create_pass(&spec(Some("nightly-old"), 3), T0 + DAY)
+        .await
+        .unwrap();
+    assert!(!again.existing, "the idempotency key went with its pass");
+    assert!(store.expire_passes(T0 + DAY, 100).await.unwrap().is_empty());
+    let later = store.expire_passes(T0 + 2 * DAY, 100).await.unwrap();
+    assert_eq!(later, [young], "the cancelled pass goes once old enough");
+}
+
 /// Runs every check, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! job_store_conformance {
@@ -816,7 +892,8 @@ macro_rules! job_store_conformance {
             lease_and_complete, lease_expiry_and_relet, stale_lease_is_fenced,
             retry_with_backoff_then_dead, expiry_on_last_attempt_is_dead, cancel,
             cancel_finished_is_noop, idempotent_submit, status_and_listing,
-            planning_is_resumable, probe_job_splits_into_segments, concurrent_reapers);
+            planning_is_resumable, probe_job_splits_into_segments, concurrent_reapers,
+            expire_old_passes);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

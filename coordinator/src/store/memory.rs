@@ -670,6 +670,46 @@ impl JobStore for MemoryStore {
         Ok(self.lock().leases.len() as u64)
     }
 
+    async fn expire_passes(&self, created_before_ms: i64, limit: u32) -> Result<Vec<String>> {
+        let mut state = self.lock();
+        let oldest: Vec<String> = state
+            .pass_order
+            .iter()
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        let mut expired = Vec::new();
+        for pass_id in oldest {
+            let Some(pass) = state.passes.get(&pass_id) else {
+                continue;
+            };
+            if pass.created_at_ms >= created_before_ms {
+                break;
+            }
+            let ended = match effective_state(pass.state, &pass.counts) {
+                PassState::Finished | PassState::Failed | PassState::Cancelled => {
+                    pass.counts.leased == 0
+                }
+                PassState::Planning | PassState::Running => false,
+            };
+            if !ended {
+                continue;
+            }
+            let Some(pass) = state.passes.remove(&pass_id) else {
+                continue;
+            };
+            for job_id in pass.jobs.values() {
+                state.jobs.remove(job_id);
+            }
+            if let Some(key) = &pass.spec.idempotency_key {
+                state.idempotency.remove(key);
+            }
+            state.pass_order.remove(&pass_id);
+            expired.push(pass_id);
+        }
+        Ok(expired)
+    }
+
     async fn active_passes(&self) -> Result<Vec<String>> {
         let state = self.lock();
         Ok(state

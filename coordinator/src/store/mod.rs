@@ -185,11 +185,17 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Ids of passes that are planning or running, for metrics.
     async fn active_passes(&self) -> Result<Vec<String>>;
+
+    /// Deletes passes that ended (finished, cancelled or failed, with no lease outstanding) and
+    /// were created before `created_before_ms`, with every job and index of theirs, looking at
+    /// the `limit` oldest passes at most. Returns the ids of the passes deleted. Passes that are
+    /// still planning or have work left are kept, whatever their age.
+    async fn expire_passes(&self, created_before_ms: i64, limit: u32) -> Result<Vec<String>>;
 }
 
-/// The job id of a video segment: a pure function of pass, URL and segment, so re-planning the
-/// same source never creates a second job for the same work.
-pub fn job_id_for(pass_id: &str, job: &NewJob) -> String {
+/// A digest of what makes two jobs of a pass the same work: URL, time range and whether it is a
+/// probe job. Both stores de-duplicate by it.
+pub(crate) fn identity_digest(job: &NewJob) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     hasher.update(job.video_url.as_bytes());
@@ -197,8 +203,13 @@ pub fn job_id_for(pass_id: &str, job: &NewJob) -> String {
     hasher.update(job.start_s.to_bits().to_le_bytes());
     hasher.update(job.end_s.to_bits().to_le_bytes());
     hasher.update([u8::from(job.probe)]);
-    let digest = hasher.finalize();
-    let hex: String = digest
+    hasher.finalize().into()
+}
+
+/// The in-memory store's job id of a video segment: a pure function of pass and identity, so
+/// re-planning the same source never creates a second job for the same work.
+pub fn job_id_for(pass_id: &str, job: &NewJob) -> String {
+    let hex: String = identity_digest(job)
         .iter()
         .take(10)
         .map(|byte| format!("{byte:02x}"))

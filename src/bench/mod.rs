@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use vidx_coordinator::auth::Token;
 use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{Completion, PassSpec, PassState, Sampling, Task};
+use vidx_coordinator::domain::{Completion, LeasedJob, PassSpec, PassState, Sampling, Task};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
@@ -19,6 +19,8 @@ use vidx_coordinator::store::{RedisStore, RetryPolicy};
 use vidx_coordinator::testing::RedisServer;
 
 use crate::cli::QueueBenchArgs;
+
+pub mod scale;
 
 /// A validated `bench queue` run.
 #[derive(Debug, Clone)]
@@ -76,12 +78,36 @@ pub async fn drive(
     expected: u64,
     deadline: Duration,
 ) -> Result<LoadReport> {
+    drive_with(
+        config,
+        clients,
+        batch,
+        expected,
+        deadline,
+        Arc::new(|_: &LeasedJob| Completion::default()),
+    )
+    .await
+}
+
+/// What a load client reports for a job it completes.
+pub type CompletionFor = Arc<dyn Fn(&LeasedJob) -> Completion + Send + Sync>;
+
+/// [`drive`], completing each job with what `completion` says (a result URL, say).
+pub async fn drive_with(
+    config: &ClientConfig,
+    clients: u32,
+    batch: u32,
+    expected: u64,
+    deadline: Duration,
+    completion: CompletionFor,
+) -> Result<LoadReport> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for index in 0..clients {
         let mut client = CoordinatorClient::connect(config).await?;
         let done = Arc::clone(&done);
+        let completion = Arc::clone(&completion);
         tasks.spawn(async move {
             let worker = format!("bench-{index}");
             let mut completed = Vec::new();
@@ -103,9 +129,10 @@ pub async fn drive(
                 // a worker with several slots would send them.
                 let completions = leased.iter().map(|job| {
                     let mut client = client.clone();
+                    let completion = completion(job);
                     async move {
                         client
-                            .complete(&job.job.job_id, &job.lease_id, &Completion::default())
+                            .complete(&job.job.job_id, &job.lease_id, &completion)
                             .await
                     }
                 });
@@ -175,22 +202,33 @@ pub async fn submit_and_plan(
     bail!("planning did not finish in 300 s")
 }
 
+/// A coordinator served in this process: its URL, a sender that stops it, and its task.
+pub type ServedCoordinator = (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// Starts a coordinator on a free loopback port; returns its URL and a handle that stops it.
 pub async fn start_coordinator(
     coordinator: Coordinator,
     token: Option<Token>,
-) -> Result<(
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+) -> Result<ServedCoordinator> {
     let config = ServerConfig {
         auth_token: token,
         ..ServerConfig::default()
     };
+    start_coordinator_with(coordinator, config).await
+}
+
+/// [`start_coordinator`] with every server setting given.
+pub async fn start_coordinator_with(
+    coordinator: Coordinator,
+    config: ServerConfig,
+) -> Result<ServedCoordinator> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
@@ -280,7 +318,7 @@ pub async fn queue(config: QueueBenchConfig) -> Result<()> {
 }
 
 /// Runs `redis-benchmark` PING and EVALSHA (a trivial script) against the same server.
-async fn redis_benchmark(redis_url: &str, clients: u32) -> Result<(f64, f64)> {
+pub(crate) async fn redis_benchmark(redis_url: &str, clients: u32) -> Result<(f64, f64)> {
     let url = url::Url::parse(redis_url)?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
     let port = url.port().unwrap_or(6379).to_string();
