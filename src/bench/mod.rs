@@ -178,6 +178,16 @@ pub async fn submit_and_plan(
     source: &str,
     destination: &str,
 ) -> Result<String> {
+    submit_and_plan_within(client, source, destination, Duration::from_secs(300)).await
+}
+
+/// [`submit_and_plan`], waiting up to `within` for planning to end.
+pub async fn submit_and_plan_within(
+    client: &mut CoordinatorClient,
+    source: &str,
+    destination: &str,
+    within: Duration,
+) -> Result<String> {
     let spec = PassSpec {
         source: source.to_owned(),
         destination: destination.to_owned(),
@@ -188,7 +198,7 @@ pub async fn submit_and_plan(
     };
     let pass_id = client.submit(&spec).await?.pass_id;
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(300) {
+    while started.elapsed() < within {
         let status = client.status(&pass_id).await?;
         match status.state {
             PassState::Planning => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -199,7 +209,7 @@ pub async fn submit_and_plan(
             _ => return Ok(pass_id),
         }
     }
-    bail!("planning did not finish in 300 s")
+    bail!("planning did not finish in {} s", within.as_secs())
 }
 
 /// A coordinator served in this process: its URL, a sender that stops it, and its task.

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{
-    Completion, JobCounts, LeasedJob, PassSpec, PassState, Sampling, Task, now_ms,
-};
+use vidx_coordinator::domain::{Completion, JobCounts, LeasedJob, now_ms};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, RetryPolicy};
 use vidx_coordinator::testing::{RedisOptions, RedisServer};
 
-use super::{CompletionFor, drive_with, redis_benchmark, start_coordinator_with};
+use super::{
+    CompletionFor, drive_with, redis_benchmark, start_coordinator_with, submit_and_plan_within,
+};
 use crate::cli::ScaleBenchArgs;
 
 /// Depth of the reference pass that latencies at depth N are compared with.
@@ -140,6 +140,18 @@ async fn used_memory(connection: &mut redis::aio::MultiplexedConnection) -> Resu
     info_field(connection, "memory", "used_memory").await
 }
 
+/// `used_memory` once keys removed with `UNLINK` (the de-duplication index) are freed: Redis
+/// frees them on a background thread.
+async fn settled_memory(connection: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
+    for _ in 0..600 {
+        if info_field(connection, "memory", "lazyfree_pending_objects").await? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    used_memory(connection).await
+}
+
 async fn info_field(
     connection: &mut redis::aio::MultiplexedConnection,
     section: &str,
@@ -203,28 +215,9 @@ fn result_for(job: &LeasedJob) -> Completion {
 /// Submits a pass over `source` and waits until planning is over; returns its id and how long
 /// planning took.
 async fn plan(client: &mut CoordinatorClient, source: &str, out: &str) -> Result<(String, f64)> {
-    let spec = PassSpec {
-        source: source.to_owned(),
-        destination: out.to_owned(),
-        task: Task::default(),
-        sampling: Sampling::default(),
-        idempotency_key: None,
-        max_attempts: 3,
-    };
     let started = Instant::now();
-    let pass_id = client.submit(&spec).await?.pass_id;
-    while started.elapsed() < Duration::from_secs(7_200) {
-        let status = client.status(&pass_id).await?;
-        match status.state {
-            PassState::Planning => tokio::time::sleep(Duration::from_millis(50)).await,
-            PassState::Failed => bail!(
-                "planning failed: {}",
-                status.planning_error.unwrap_or_default()
-            ),
-            _ => return Ok((pass_id, started.elapsed().as_secs_f64())),
-        }
-    }
-    bail!("planning did not finish in 2 hours")
+    let pass_id = submit_and_plan_within(client, source, out, Duration::from_secs(7_200)).await?;
+    Ok((pass_id, started.elapsed().as_secs_f64()))
 }
 
 /// Times `samples` rounds of lease, heartbeat, complete, GetPass and a ListJobs page.
@@ -396,11 +389,11 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
     client.cancel(&shallow).await?;
 
     let manifest = write_manifest(scratch.path(), "deep", config.jobs)?;
-    let before = used_memory(&mut admin).await?;
+    let before = settled_memory(&mut admin).await?;
     let peak = MemoryPeak::start(admin.clone());
     let (pass_id, planning_seconds) = plan(&mut client, &manifest, &out).await?;
     let planning_peak = peak.finish().await;
-    let planned = used_memory(&mut admin).await?;
+    let planned = settled_memory(&mut admin).await?;
     let status = client.status(&pass_id).await?;
     if status.counts.pending != config.jobs {
         bail!(
@@ -425,6 +418,23 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
         )
     );
 
+    let bucket = format!("{PREFIX}:j:{pass_id}:{}", config.jobs / 64 / 2);
+    let (bucket_bytes, encoding): (u64, String) = redis::pipe()
+        .cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&bucket)
+        .arg("SAMPLES")
+        .arg(0)
+        .cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&bucket)
+        .query_async(&mut admin)
+        .await?;
+    println!(
+        "  one record hash of 64 pending jobs: {bucket_bytes} B ({:.0} B/job), encoding {encoding}",
+        bucket_bytes as f64 / 64.0
+    );
+
     let deep_latencies = latencies(&mut client, &pass_id, config.samples).await?;
     println!("latency, one call at a time through gRPC");
     shallow_latencies.print(&format!("{SHALLOW_JOBS} jobs queued"));
@@ -435,7 +445,7 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
         ms(deep_latencies.lease.percentile(0.99)) / ms(shallow_latencies.lease.percentile(0.99))
     );
 
-    let done_before = used_memory(&mut admin).await?;
+    let done_before = settled_memory(&mut admin).await?;
     let completion: CompletionFor = Arc::new(result_for);
     let report = drive_with(
         &client_config,
@@ -446,7 +456,7 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
         completion,
     )
     .await?;
-    let done_after = used_memory(&mut admin).await?;
+    let done_after = settled_memory(&mut admin).await?;
     if report.completed != report.distinct {
         bail!(
             "exactly-once violated: {} completions of {} distinct jobs",

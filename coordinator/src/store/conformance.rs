@@ -846,7 +846,11 @@ pub async fn expire_old_passes(store: Arc<dyn JobStore>) {
     store.cancel_pass(&young, T0 + DAY).await.unwrap();
 
     let expired = store.expire_passes(T0 + DAY, 100).await.unwrap();
-    assert_eq!(expired, std::slice::from_ref(&old), "only the old pass that ended");
+    assert_eq!(
+        expired,
+        std::slice::from_ref(&old),
+        "only the old pass that ended"
+    );
     assert!(matches!(
         store.pass_status(&old, T0 + DAY).await,
         Err(Error::NotFound(_))
@@ -884,6 +888,49 @@ pub async fn expire_old_passes(store: Arc<dyn JobStore>) {
     assert_eq!(later, [young], "the cancelled pass goes once old enough");
 }
 
+/// A filtered listing of a pass bigger than one read finds every matching job exactly once, in
+/// creation order, however many pages it takes (a store may return short pages).
+pub async fn filtered_listing_walks_a_big_pass(store: Arc<dyn JobStore>) {
+    const JOBS: usize = 6_000;
+    let pass_id = running_pass(store.as_ref(), JOBS, 3).await;
+    let mut leased = Vec::new();
+    while leased.len() < 5_000 {
+        leased.extend(store.lease(&request(250, 60_000), T0).await.unwrap());
+    }
+    for job in leased.iter().skip(10) {
+        store
+            .complete(&job.job.job_id, &job.lease_id, &Completion::default(), T0)
+            .await
+            .unwrap();
+    }
+    for (state, expected) in [
+        (JobState::Pending, JOBS - 5_000),
+        (JobState::Leased, 10),
+        (JobState::Done, 4_990),
+    ] {
+        let mut urls = Vec::new();
+        let mut cursor = None;
+        for _ in 0..1_000 {
+            let page = store
+                .list_jobs(&pass_id, Some(state), 500, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 500);
+            assert!(page.items.iter().all(|job| job.state == state));
+            urls.extend(page.items.into_iter().map(|job| job.spec.video_url));
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(urls.len(), expected, "{state} jobs listed");
+        let mut sorted = urls.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, urls, "{state} jobs once each, in creation order");
+    }
+}
+
 /// Runs every check, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! job_store_conformance {
@@ -893,7 +940,7 @@ macro_rules! job_store_conformance {
             retry_with_backoff_then_dead, expiry_on_last_attempt_is_dead, cancel,
             cancel_finished_is_noop, idempotent_submit, status_and_listing,
             planning_is_resumable, probe_job_splits_into_segments, concurrent_reapers,
-            expire_old_passes);
+            expire_old_passes, filtered_listing_walks_a_big_pass);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

@@ -44,9 +44,12 @@ local function lease_one(pass_id, n, id, job)
   leased = leased + 1
 end
 
-while leased < max do
+-- Entries of stopped passes are dropped as they are met, at most 1024 per call.
+local examined = 0
+while leased < max and examined < 1024 do
   local head = redis.call('ZRANGE', P .. ':requeue', 0, max - leased - 1)
   if #head == 0 then break end
+  examined = examined + #head
   for _, id in ipairs(head) do
     redis.call('ZREM', P .. ':requeue', id)
     local pass_id, n = parse_id(id)
