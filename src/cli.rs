@@ -399,6 +399,10 @@ pub struct ScaleBenchArgs {
     /// Calls timed for each latency figure.
     #[arg(long, default_value_t = 2_000)]
     pub samples: u32,
+    /// Characters of an extra folder in every video's path (0: `chNN/DATE/clip-N.mp4`), to
+    /// measure what long paths cost.
+    #[arg(long, default_value_t = 0)]
+    pub extra_path: usize,
 }
 
 /// `vidx bench queue`.

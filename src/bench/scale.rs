@@ -46,6 +46,8 @@ pub struct ScaleBenchConfig {
     pub complete: u64,
     /// Calls timed per latency figure.
     pub samples: u32,
+    /// Characters of an extra folder in every video's path, to see long paths' cost.
+    pub extra_path: usize,
 }
 
 impl ScaleBenchArgs {
@@ -76,6 +78,7 @@ impl ScaleBenchArgs {
             batch: self.batch,
             complete: self.complete,
             samples: self.samples,
+            extra_path: self.extra_path.min(1_000),
         })
     }
 }
@@ -180,13 +183,23 @@ fn digest(index: u64, salt: u64) -> String {
 
 /// Writes a `.jsonl` manifest of `jobs` videos laid out as a broadcast archive would be
 /// (`channel/date/clip.mp4`, sizes, S3-style quoted ETags) and returns its URL.
-fn write_manifest(dir: &std::path::Path, name: &str, jobs: u64) -> Result<String> {
+fn write_manifest(
+    dir: &std::path::Path,
+    name: &str,
+    jobs: u64,
+    extra_path: usize,
+) -> Result<String> {
     let path = dir.join(format!("{name}.jsonl"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let folder = if extra_path == 0 {
+        String::new()
+    } else {
+        format!("{}/", "p".repeat(extra_path))
+    };
     for index in 0..jobs {
         writeln!(
             file,
-            "{{\"url\":\"ch{:02}/2026-{:02}-{:02}/clip-{index:08}.mp4\",\"size\":{},\"etag\":\"\\\"{}\\\"\"}}",
+            "{{\"url\":\"{folder}ch{:02}/2026-{:02}-{:02}/clip-{index:08}.mp4\",\"size\":{},\"etag\":\"\\\"{}\\\"\"}}",
             index % 24,
             1 + index / 28 % 12,
             1 + index % 28,
@@ -383,12 +396,13 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
     );
 
     // The reference: the same calls at a depth of 10,000 queued jobs, then that pass cancelled.
-    let shallow_manifest = write_manifest(scratch.path(), "shallow", SHALLOW_JOBS)?;
+    let shallow_manifest =
+        write_manifest(scratch.path(), "shallow", SHALLOW_JOBS, config.extra_path)?;
     let (shallow, _) = plan(&mut client, &shallow_manifest, &out).await?;
     let shallow_latencies = latencies(&mut client, &shallow, config.samples).await?;
     client.cancel(&shallow).await?;
 
-    let manifest = write_manifest(scratch.path(), "deep", config.jobs)?;
+    let manifest = write_manifest(scratch.path(), "deep", config.jobs, config.extra_path)?;
     let before = settled_memory(&mut admin).await?;
     let peak = MemoryPeak::start(admin.clone());
     let (pass_id, planning_seconds) = plan(&mut client, &manifest, &out).await?;
@@ -500,17 +514,13 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
     let _ = server.await;
     let counts_before_restart = status.counts;
 
-    let _: () = redis::cmd("BGREWRITEAOF").query_async(&mut admin).await?;
+    // Redis may have started a rewrite of its own (it does when the AOF doubles): let that one
+    // end, then time ours.
+    wait_for_rewrite(&mut admin).await?;
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    for _ in 0..72_000 {
-        let running = info_field(&mut admin, "persistence", "aof_rewrite_in_progress").await?;
-        let scheduled = info_field(&mut admin, "persistence", "aof_rewrite_scheduled").await?;
-        if running == 0 && scheduled == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _: () = redis::cmd("BGREWRITEAOF").query_async(&mut admin).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for_rewrite(&mut admin).await?;
     let rewrite_seconds = started.elapsed().as_secs_f64();
     let aof_bytes = folder_bytes(&redis_dir);
     println!(
@@ -548,6 +558,19 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits until no AOF rewrite is running or scheduled.
+async fn wait_for_rewrite(connection: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+    for _ in 0..72_000 {
+        let running = info_field(connection, "persistence", "aof_rewrite_in_progress").await?;
+        let scheduled = info_field(connection, "persistence", "aof_rewrite_scheduled").await?;
+        if running == 0 && scheduled == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the AOF rewrite did not end within an hour")
 }
 
 async fn redis_version(connection: &mut redis::aio::MultiplexedConnection) -> Result<String> {

@@ -134,7 +134,8 @@ impl RedisStore {
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(10)))
             .set_number_of_retries(3);
-        let connection = ConnectionManager::new_with_config(client, config).await?;
+        let mut connection = ConnectionManager::new_with_config(client, config).await?;
+        warn_on_small_listpacks(&mut connection).await;
         Ok(RedisStore {
             connection,
             prefix: prefix.to_owned(),
@@ -343,6 +344,30 @@ impl RedisStore {
                 }
             })
             .collect())
+    }
+}
+
+/// Job records stay compact while every value fits Redis's `hash-max-listpack-value` (64 bytes
+/// by default); a URL longer than about 45 characters past the source prefix passes that, and its
+/// record hash then takes about twice the memory (README, "Sizing"). Says so once at start-up.
+/// Managed Redis services often refuse `CONFIG`; then nothing is said.
+async fn warn_on_small_listpacks(connection: &mut ConnectionManager) {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("hash-max-listpack-value")
+        .query_async(connection)
+        .await;
+    let limit = reply
+        .ok()
+        .and_then(|pair| pair.get(1).and_then(|value| value.parse::<u64>().ok()));
+    if let Some(limit) = limit
+        && limit < 128
+    {
+        tracing::warn!(
+            limit,
+            "redis hash-max-listpack-value is below 128: jobs whose URLs are long past the \
+             source prefix take about twice the memory (set it to 256, as the Helm chart does)"
+        );
     }
 }
 
