@@ -403,6 +403,9 @@ pub struct ScaleBenchArgs {
     /// measure what long paths cost.
     #[arg(long, default_value_t = 0)]
     pub extra_path: usize,
+    /// Run Redis with this `hash-max-listpack-value` (the Helm chart's Redis uses 256).
+    #[arg(long)]
+    pub hash_max_listpack_value: Option<u32>,
 }
 
 /// `vidx bench queue`.

@@ -48,6 +48,8 @@ pub struct ScaleBenchConfig {
     pub samples: u32,
     /// Characters of an extra folder in every video's path, to see long paths' cost.
     pub extra_path: usize,
+    /// Redis's `hash-max-listpack-value` to run with; `None` keeps Redis's default (64).
+    pub listpack_value: Option<u32>,
 }
 
 impl ScaleBenchArgs {
@@ -79,6 +81,7 @@ impl ScaleBenchArgs {
             complete: self.complete,
             samples: self.samples,
             extra_path: self.extra_path.min(1_000),
+            listpack_value: self.hash_max_listpack_value,
         })
     }
 }
@@ -233,15 +236,18 @@ async fn plan(client: &mut CoordinatorClient, source: &str, out: &str) -> Result
     Ok((pass_id, started.elapsed().as_secs_f64()))
 }
 
-/// Times `samples` rounds of lease, heartbeat, complete, GetPass and a ListJobs page.
-async fn latencies(
-    client: &mut CoordinatorClient,
-    pass_id: &str,
-    samples: u32,
-) -> Result<Latencies> {
-    let mut timed = Latencies::default();
-    let mut token = None;
-    for _ in 0..samples {
+/// One queue whose calls are timed: a coordinator client and the pass it leases from.
+struct Probe<'a> {
+    client: &'a mut CoordinatorClient,
+    pass_id: &'a str,
+    token: Option<String>,
+    timed: Latencies,
+}
+
+impl Probe<'_> {
+    /// Times one round of lease, heartbeat, complete, GetPass and a ListJobs page.
+    async fn round(&mut self) -> Result<()> {
+        let (client, timed) = (&mut *self.client, &mut self.timed);
         let started = Instant::now();
         let leased = timed
             .lease
@@ -261,15 +267,50 @@ async fn latencies(
                 .await?,
         );
         let started = Instant::now();
-        timed.get_pass.time(started, client.status(pass_id).await?);
+        timed
+            .get_pass
+            .time(started, client.status(self.pass_id).await?);
         let started = Instant::now();
         let page = timed.list_jobs.time(
             started,
-            client.list_jobs(pass_id, None, 100, token.take()).await?,
+            client
+                .list_jobs(self.pass_id, None, 100, self.token.take())
+                .await?,
         );
-        token = page.next;
+        self.token = page.next;
+        Ok(())
     }
-    Ok(timed)
+}
+
+/// Times `samples` rounds on each queue, alternating between them (and which goes first), so
+/// that whatever else the machine does falls on both alike.
+async fn latencies(
+    shallow: (&mut CoordinatorClient, &str),
+    deep: (&mut CoordinatorClient, &str),
+    samples: u32,
+) -> Result<(Latencies, Latencies)> {
+    let mut shallow = Probe {
+        client: shallow.0,
+        pass_id: shallow.1,
+        token: None,
+        timed: Latencies::default(),
+    };
+    let mut deep = Probe {
+        client: deep.0,
+        pass_id: deep.1,
+        token: None,
+        timed: Latencies::default(),
+    };
+    for sample in 0..samples {
+        if sample % 2 == 0 {
+            shallow.round().await?;
+            deep.round().await?;
+        } else {
+            deep.round().await?;
+            shallow.round().await?;
+        }
+    }
+    Ok((shallow.timed, deep.timed))
 }
 
 /// Samples Redis memory in the background and keeps the highest reading.
@@ -378,29 +419,54 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
     let mut admin = redis::Client::open(redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
+    if let Some(limit) = config.listpack_value {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("hash-max-listpack-value")
+            .arg(limit)
+            .query_async(&mut admin)
+            .await?;
+    }
+    let listpack_value: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("hash-max-listpack-value")
+        .query_async(&mut admin)
+        .await?;
     let store = Arc::new(RedisStore::connect(&redis_url, PREFIX, RetryPolicy::default()).await?);
-    let coordinator = Coordinator::new(Arc::clone(&store) as Arc<dyn JobStore>, Metrics::new());
+    // The reference queue of 10,000 jobs lives in the same Redis under a prefix of its own, served
+    // by a coordinator of its own: the same server, data set and machine, a different depth.
+    let reference_store =
+        RedisStore::connect(&redis_url, "vidx-reference", RetryPolicy::default()).await?;
     // The bench reaps by hand, so that the reap figure is its own.
     let server_config = ServerConfig {
         reap_interval: Duration::from_secs(3_600),
         ..ServerConfig::default()
     };
-    let (url, stop, server) = start_coordinator_with(coordinator, server_config).await?;
+    let (url, stop, server) = start_coordinator_with(
+        Coordinator::new(Arc::clone(&store) as Arc<dyn JobStore>, Metrics::new()),
+        server_config.clone(),
+    )
+    .await?;
+    let (reference_url, reference_stop, reference_server) = start_coordinator_with(
+        Coordinator::new(Arc::new(reference_store), Metrics::new()),
+        server_config,
+    )
+    .await?;
     let client_config = ClientConfig::new(url, None);
     let mut client = CoordinatorClient::connect(&client_config).await?;
+    let mut reference = CoordinatorClient::connect(&ClientConfig::new(reference_url, None)).await?;
     let out = format!("file://{}/index/", scratch.path().display());
     println!(
-        "vidx bench scale: {} jobs, redis-server {} with appendonly yes, appendfsync everysec",
+        "vidx bench scale: {} jobs, redis-server {} with appendonly yes, appendfsync everysec, \
+         hash-max-listpack-value {}",
         config.jobs,
-        redis_version(&mut admin).await?
+        redis_version(&mut admin).await?,
+        listpack_value.get(1).map_or("?", String::as_str)
     );
 
-    // The reference: the same calls at a depth of 10,000 queued jobs, then that pass cancelled.
     let shallow_manifest =
         write_manifest(scratch.path(), "shallow", SHALLOW_JOBS, config.extra_path)?;
-    let (shallow, _) = plan(&mut client, &shallow_manifest, &out).await?;
-    let shallow_latencies = latencies(&mut client, &shallow, config.samples).await?;
-    client.cancel(&shallow).await?;
+    let (shallow, _) = plan(&mut reference, &shallow_manifest, &out).await?;
 
     let manifest = write_manifest(scratch.path(), "deep", config.jobs, config.extra_path)?;
     let before = settled_memory(&mut admin).await?;
@@ -449,8 +515,19 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
         bucket_bytes as f64 / 64.0
     );
 
-    let deep_latencies = latencies(&mut client, &pass_id, config.samples).await?;
-    println!("latency, one call at a time through gRPC");
+    // An AOF rewrite that Redis started by itself (planning doubled the AOF) forks the server and
+    // takes a core: latencies are timed after it, and its cost is the rewrite figure below.
+    wait_for_rewrite(&mut admin).await?;
+    let (shallow_latencies, deep_latencies) = latencies(
+        (&mut reference, &shallow),
+        (&mut client, &pass_id),
+        config.samples,
+    )
+    .await?;
+    reference.cancel(&shallow).await?;
+    let _ = reference_stop.send(());
+    let _ = reference_server.await;
+    println!("latency, one call at a time through gRPC, rounds on the two queues alternating");
     shallow_latencies.print(&format!("{SHALLOW_JOBS} jobs queued"));
     deep_latencies.print(&format!("{} jobs queued", config.jobs));
     println!(
@@ -523,8 +600,11 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
     wait_for_rewrite(&mut admin).await?;
     let rewrite_seconds = started.elapsed().as_secs_f64();
     let aof_bytes = folder_bytes(&redis_dir);
+    let fork_usec = info_field(&mut admin, "stats", "latest_fork_usec").await?;
     println!(
-        "AOF rewrite: {rewrite_seconds:.1} s; AOF on disk {:.1} MB ({:.0} B/job)",
+        "AOF rewrite: {rewrite_seconds:.1} s, the server blocked {:.1} ms by its fork; AOF on \
+         disk {:.1} MB ({:.0} B/job)",
+        fork_usec as f64 / 1_000.0,
         aof_bytes as f64 / 1e6,
         per_job(aof_bytes as i64, config.jobs)
     );
