@@ -68,6 +68,25 @@ async fn running_pass(store: &dyn JobStore, jobs: usize, max_attempts: u32) -> S
     created.pass_id
 }
 
+/// Leases the oldest job at `T0` and completes it; returns its lease.
+async fn lease_and_finish_one(store: &dyn JobStore) -> crate::domain::LeasedJob {
+    let leased = store
+        .lease(&request(1, 60_000), T0)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .complete(
+            &leased.job.job_id,
+            &leased.lease_id,
+            &Completion::default(),
+            T0,
+        )
+        .await
+        .unwrap();
+    leased
+}
+
 /// Lease then complete: counts move, leases are exclusive, a finished pass reads as finished.
 pub async fn lease_and_complete(store: Arc<dyn JobStore>) {
     let pass_id = running_pass(store.as_ref(), 3, 3).await;
@@ -442,20 +461,7 @@ pub async fn cancel(store: Arc<dyn JobStore>) {
 /// Cancelling a finished pass changes nothing.
 pub async fn cancel_finished_is_noop(store: Arc<dyn JobStore>) {
     let pass_id = running_pass(store.as_ref(), 1, 3).await;
-    let leased = store
-        .lease(&request(1, 60_000), T0)
-        .await
-        .unwrap()
-        .remove(0);
-    store
-        .complete(
-            &leased.job.job_id,
-            &leased.lease_id,
-            &Completion::default(),
-            T0,
-        )
-        .await
-        .unwrap();
+    lease_and_finish_one(store.as_ref()).await;
     store.cancel_pass(&pass_id, T0).await.unwrap();
     assert_eq!(
         store.pass_status(&pass_id, T0).await.unwrap().state,
@@ -819,20 +825,7 @@ pub async fn expire_old_passes(store: Arc<dyn JobStore>) {
         .pass_id;
     store.add_jobs(&old, &[video(0)], None, T0).await.unwrap();
     store.finish_planning(&old, None).await.unwrap();
-    let leased = store
-        .lease(&request(1, 60_000), T0)
-        .await
-        .unwrap()
-        .remove(0);
-    store
-        .complete(
-            &leased.job.job_id,
-            &leased.lease_id,
-            &Completion::default(),
-            T0,
-        )
-        .await
-        .unwrap();
+    let leased = lease_and_finish_one(store.as_ref()).await;
     let busy = running_pass(store.as_ref(), 2, 3).await;
     let young = store
         .create_pass(&spec(None, 3), T0 + DAY)
