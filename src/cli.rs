@@ -185,6 +185,12 @@ pub struct CoordinatorArgs {
     /// Longest retry backoff in milliseconds.
     #[arg(long, env = "VIDX_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: i64,
+    /// A prefix passes may read from or write to (`s3://media/videos/`, `file:///data/`);
+    /// repeatable, or comma-separated in `VIDX_ALLOW_PREFIX`. Sources, destinations and manifest
+    /// entries elsewhere are refused with PERMISSION_DENIED. None: any cloud URL, but no
+    /// `file://` URL.
+    #[arg(long, env = "VIDX_ALLOW_PREFIX", value_delimiter = ',')]
+    pub allow_prefix: Vec<String>,
 }
 
 /// What a pass runs over and asks: shared by `submit` and `index`.
@@ -286,6 +292,10 @@ pub struct IndexArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Another prefix the pass may read (a manifest's absolute entries); repeatable. The source
+    /// (for a manifest, the prefix it sits in) and `--out` are always allowed.
+    #[arg(long)]
+    pub allow_prefix: Vec<String>,
 }
 
 /// `vidx finalize`: write the manifest and corpus tables of a finished pass.

@@ -35,6 +35,14 @@ impl CoordinatorProcess {
                 redis_url,
             ])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            // Where these tests keep manifests and write, and the buckets they plan from.
+            .args([
+                "--allow-prefix",
+                "file:///tmp/",
+                "--allow-prefix",
+                "s3://media/",
+            ])
+            .args(["--allow-prefix", "s3://no-such-bucket/"])
             .env("VIDX_TOKEN", "restart-token")
             .env("RUST_LOG", "warn")
             .envs(
