@@ -59,6 +59,8 @@ pub enum Command {
     Report(crate::commands::evidence::ReportArgs),
     /// Scale a worker Deployment on queue depth through the Kubernetes API.
     Autoscale(AutoscaleArgs),
+    /// Fill a model cache from the Hugging Face hub and link a directory to the snapshot.
+    FetchModel(crate::commands::fetch_model::FetchModelArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -96,6 +98,21 @@ pub struct AutoscaleArgs {
     /// Seconds demand must stay lower before workers are removed.
     #[arg(long, env = "VIDX_SCALE_DOWN_DELAY_SECS", default_value_t = 300)]
     pub scale_down_delay_secs: u64,
+    /// Label selector of the worker pods (`app.kubernetes.io/component=worker`): before a
+    /// scale-in they are given a pod-deletion-cost so idle ones go first.
+    #[arg(long, env = "VIDX_WORKER_SELECTOR")]
+    pub worker_selector: Option<String>,
+    /// Elect one leader among several autoscalers with this `coordination.k8s.io` Lease; only
+    /// its holder scales. Without it this instance scales on its own.
+    #[arg(long, env = "VIDX_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// This instance's name in the Lease (the pod name); default: `$HOSTNAME` and the pid.
+    #[arg(long, env = "VIDX_HOLDER_ID")]
+    pub holder_id: Option<String>,
+    /// Seconds a leader that stops renewing keeps the Lease; at least twice the interval, since
+    /// it renews once per round.
+    #[arg(long, env = "VIDX_LEASE_DURATION_SECS", default_value_t = 45)]
+    pub lease_duration_secs: u64,
     /// Coordinator connection.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -113,6 +130,14 @@ impl AutoscaleArgs {
         policy.validate()?;
         if self.interval_secs == 0 {
             anyhow::bail!("the interval must be at least 1 second");
+        }
+        if self.lease_name.is_some() && self.lease_duration_secs < 2 * self.interval_secs {
+            anyhow::bail!(
+                "the lease duration ({} s) must be at least twice the interval ({} s): the leader \
+                 renews once per round",
+                self.lease_duration_secs,
+                self.interval_secs
+            );
         }
         Ok(policy)
     }

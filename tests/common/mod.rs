@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
