@@ -286,6 +286,23 @@ pub struct ModelArgs {
     /// Most pixels per frame fed to the model (Open-o3 Video: 768*28*28).
     #[arg(long, env = "VIDX_MAX_PIXELS", default_value_t = 768 * 28 * 28)]
     pub max_pixels: usize,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
+    /// Default: the first GPU in a CUDA build, else the CPU.
+    #[arg(long, env = "VIDX_DEVICE", value_parser = parse_device)]
+    pub device: Option<vidx_model::loading::DeviceKind>,
+}
+
+fn parse_device(raw: &str) -> Result<vidx_model::loading::DeviceKind, String> {
+    use vidx_model::loading::DeviceKind;
+    match raw.trim() {
+        "cpu" => Ok(DeviceKind::Cpu),
+        "cuda" => Ok(DeviceKind::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|ordinal| ordinal.parse().ok())
+            .map(DeviceKind::Cuda)
+            .ok_or_else(|| format!("unknown device {other:?}: cpu, cuda or cuda:N")),
+    }
 }
 
 /// `vidx worker`.

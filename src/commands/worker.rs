@@ -44,8 +44,16 @@ impl ModelArgs {
         }
         let dir = self.model.clone();
         let (min_pixels, max_pixels) = (self.min_pixels, self.max_pixels);
+        let options = LoadOptions {
+            device: self.device.unwrap_or(if cfg!(feature = "cuda") {
+                DeviceKind::Cuda(0)
+            } else {
+                DeviceKind::Cpu
+            }),
+            ..LoadOptions::default()
+        };
         tokio::task::spawn_blocking(move || {
-            let mut model = OpenO3Video::load(&dir, &LoadOptions::default())?;
+            let mut model = OpenO3Video::load(&dir, &options)?;
             model.set_pixel_bounds(min_pixels, max_pixels);
             Ok::<_, vidx_model::Error>(model)
         })
