@@ -278,6 +278,15 @@ fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
         error.contains("minReplicas must not be above maxReplicas"),
         "{error}"
     );
+    // A Lease shorter than two rounds would pass to the other replica between renewals.
+    let error = render(&format!(
+        "{IMAGE}auth:\n  token: t\nautoscaling:\n  mode: builtin\n  intervalSeconds: 30\n  builtin:\n    leaseDurationSeconds: 45\n"
+    ))
+    .unwrap_err();
+    assert!(
+        error.contains("autoscaling.builtin.leaseDurationSeconds must be at least twice"),
+        "{error}"
+    );
 }
 
 /// Runs the CronJob container's script with the pod's environment; the policy is mounted at a
