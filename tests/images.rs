@@ -157,51 +157,77 @@ fn runtime_stages_are_unprivileged_labelled_and_hold_only_the_binary() {
     assert!(cuda.contains("cargo build --release --locked --features cuda"));
 }
 
-/// The installed package that owns `path`, by dpkg's records (trying the path as ldd gives it,
-/// then with /usr added or removed: Debian 12 merged /lib into /usr/lib).
-fn owner(path: &str) -> Option<String> {
-    let candidates = [
+/// Which installed package owns each shared library, from dpkg's file lists
+/// (`/var/lib/dpkg/info/PACKAGE[:ARCH].list`), read once.
+fn library_owners() -> std::collections::HashMap<String, String> {
+    let mut owners = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/var/lib/dpkg/info").expect("a dpkg system") {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|extension| extension.to_str()) != Some("list") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_string_lossy();
+        let package = stem.split(':').next().unwrap_or(&stem).to_owned();
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            if line.contains(".so") {
+                owners.insert(line.to_owned(), package.clone());
+            }
+        }
+    }
+    owners
+}
+
+/// The package that owns `path`, trying the path as ldd gives it, then with /usr added or
+/// removed, then resolved (Debian 12 merged /lib into /usr/lib; dpkg records either).
+fn owner(owners: &std::collections::HashMap<String, String>, path: &str) -> Option<String> {
+    let mut candidates = vec![
         path.to_owned(),
         path.strip_prefix("/usr")
             .map_or_else(|| format!("/usr{path}"), str::to_owned),
-        std::fs::canonicalize(path)
-            .ok()?
-            .to_string_lossy()
-            .into_owned(),
     ];
-    candidates.iter().find_map(|candidate| {
-        let output = Command::new("dpkg").args(["-S", candidate]).output().ok()?;
-        if !output.status.success() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        let package = text.lines().next()?.split(':').next()?.trim().to_owned();
-        Some(package)
-    })
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        let resolved = resolved.to_string_lossy().into_owned();
+        candidates.push(
+            resolved
+                .strip_prefix("/usr")
+                .map_or_else(|| format!("/usr{resolved}"), str::to_owned),
+        );
+        candidates.push(resolved);
+    }
+    candidates
+        .iter()
+        .find_map(|candidate| owners.get(candidate).cloned())
 }
 
-/// `packages` and everything they depend on (Depends and Pre-Depends of installed packages).
+/// `packages` and everything they depend on (Depends and Pre-Depends of installed packages,
+/// read from dpkg's database in one call).
 fn dependency_closure(packages: &BTreeSet<String>) -> BTreeSet<String> {
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package}\t${Depends}, ${Pre-Depends}\n"])
+        .output()
+        .unwrap();
+    let database = String::from_utf8_lossy(&output.stdout);
+    let mut depends: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in database.lines() {
+        let Some((package, list)) = line.split_once('\t') else {
+            continue;
+        };
+        // "libx264-164 (>= 2:0.164) | libx264-dev": each alternative installed counts.
+        let names = list
+            .split([',', '|'])
+            .filter_map(|choice| choice.split_whitespace().next())
+            .map(|name| name.split(':').next().unwrap_or(name))
+            .filter(|name| !name.is_empty());
+        depends.entry(package).or_default().extend(names);
+    }
     let mut closure = BTreeSet::new();
     let mut queue: VecDeque<String> = packages.iter().cloned().collect();
     while let Some(package) = queue.pop_front() {
         if !closure.insert(package.clone()) {
             continue;
         }
-        let output = Command::new("dpkg-query")
-            .args(["-W", "-f=${Depends}, ${Pre-Depends}", &package])
-            .output()
-            .unwrap();
-        let depends = String::from_utf8_lossy(&output.stdout);
-        for alternative in depends.split(',') {
-            // "libx264-164 (>= 2:0.164) | libx264-dev": each alternative installed counts.
-            for choice in alternative.split('|') {
-                let name = choice.split_whitespace().next().unwrap_or("");
-                let name = name.split(':').next().unwrap_or("");
-                if !name.is_empty() {
-                    queue.push_back(name.to_owned());
-                }
-            }
+        for name in depends.get(package.as_str()).into_iter().flatten() {
+            queue.push_back((*name).to_owned());
         }
     }
     closure
@@ -238,9 +264,11 @@ fn every_library_the_binary_links_is_installed_by_the_cpu_image() {
     let mut image: BTreeSet<String> = installed_packages(&runtime_stage("Dockerfile"));
     image.extend(BASE_PACKAGES.iter().map(|package| (*package).to_owned()));
     let provided = dependency_closure(&image);
+    let owners = library_owners();
     let mut missing = Vec::new();
     for library in &libraries {
-        let package = owner(library).unwrap_or_else(|| panic!("no package owns {library}"));
+        let package =
+            owner(&owners, library).unwrap_or_else(|| panic!("no package owns {library}"));
         if !provided.contains(&package) {
             missing.push(format!("{library} ({package})"));
         }
