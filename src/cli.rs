@@ -59,6 +59,8 @@ pub enum Command {
     Report(crate::commands::evidence::ReportArgs),
     /// Scale a worker Deployment on queue depth through the Kubernetes API.
     Autoscale(AutoscaleArgs),
+    /// Fill a model cache from the Hugging Face hub and link a directory to the snapshot.
+    FetchModel(crate::commands::fetch_model::FetchModelArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -96,6 +98,21 @@ pub struct AutoscaleArgs {
     /// Seconds demand must stay lower before workers are removed.
     #[arg(long, env = "VIDX_SCALE_DOWN_DELAY_SECS", default_value_t = 300)]
     pub scale_down_delay_secs: u64,
+    /// Label selector of the worker pods (`app.kubernetes.io/component=worker`): before a
+    /// scale-in they are given a pod-deletion-cost so idle ones go first.
+    #[arg(long, env = "VIDX_WORKER_SELECTOR")]
+    pub worker_selector: Option<String>,
+    /// Elect one leader among several autoscalers with this `coordination.k8s.io` Lease; only
+    /// its holder scales. Without it this instance scales on its own.
+    #[arg(long, env = "VIDX_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// This instance's name in the Lease (the pod name); default: `$HOSTNAME` and the pid.
+    #[arg(long, env = "VIDX_HOLDER_ID")]
+    pub holder_id: Option<String>,
+    /// Seconds a leader that stops renewing keeps the Lease; at least twice the interval, since
+    /// it renews once per round.
+    #[arg(long, env = "VIDX_LEASE_DURATION_SECS", default_value_t = 45)]
+    pub lease_duration_secs: u64,
     /// Coordinator connection.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -113,6 +130,14 @@ impl AutoscaleArgs {
         policy.validate()?;
         if self.interval_secs == 0 {
             anyhow::bail!("the interval must be at least 1 second");
+        }
+        if self.lease_name.is_some() && self.lease_duration_secs < 2 * self.interval_secs {
+            anyhow::bail!(
+                "the lease duration ({} s) must be at least twice the interval ({} s): the leader \
+                 renews once per round",
+                self.lease_duration_secs,
+                self.interval_secs
+            );
         }
         Ok(policy)
     }
@@ -189,6 +214,12 @@ pub struct CoordinatorArgs {
     /// created, with all their job state; their evidence indexes stay. Unset keeps them forever.
     #[arg(long, env = "VIDX_RETAIN_PASSES_DAYS")]
     pub retain_passes_days: Option<f64>,
+    /// A prefix passes may read from or write to (`s3://media/videos/`, `file:///data/`);
+    /// repeatable, or comma-separated in `VIDX_ALLOW_PREFIX`. Sources, destinations and manifest
+    /// entries elsewhere are refused with PERMISSION_DENIED. None: any cloud URL, but no
+    /// `file://` URL.
+    #[arg(long, env = "VIDX_ALLOW_PREFIX", value_delimiter = ',')]
+    pub allow_prefix: Vec<String>,
 }
 
 /// What a pass runs over and asks: shared by `submit` and `index`.
@@ -259,6 +290,23 @@ pub struct ModelArgs {
     /// Most pixels per frame fed to the model (Open-o3 Video: 768*28*28).
     #[arg(long, env = "VIDX_MAX_PIXELS", default_value_t = 768 * 28 * 28)]
     pub max_pixels: usize,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
+    /// Default: the first GPU in a CUDA build, else the CPU.
+    #[arg(long, env = "VIDX_DEVICE", value_parser = parse_device)]
+    pub device: Option<vidx_model::loading::DeviceKind>,
+}
+
+fn parse_device(raw: &str) -> Result<vidx_model::loading::DeviceKind, String> {
+    use vidx_model::loading::DeviceKind;
+    match raw.trim() {
+        "cpu" => Ok(DeviceKind::Cpu),
+        "cuda" => Ok(DeviceKind::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|ordinal| ordinal.parse().ok())
+            .map(DeviceKind::Cuda)
+            .ok_or_else(|| format!("unknown device {other:?}: cpu, cuda or cuda:N")),
+    }
 }
 
 /// `vidx worker`.
@@ -290,6 +338,10 @@ pub struct IndexArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Another prefix the pass may read (a manifest's absolute entries); repeatable. The source
+    /// (for a manifest, the prefix it sits in) and `--out` are always allowed.
+    #[arg(long)]
+    pub allow_prefix: Vec<String>,
 }
 
 /// `vidx finalize`: write the manifest and corpus tables of a finished pass.

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{ask, coordinator, evidence, media, passes, worker};
+use vidx::commands::{ask, coordinator, evidence, fetch_model, media, passes, worker};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -47,6 +47,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Search(args) => print(evidence::search(&args).await?),
         Command::Report(args) => print(evidence::report(&args).await?),
         Command::Autoscale(args) => autoscale(args).await,
+        Command::FetchModel(args) => fetch_model::fetch_model(args).await,
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
         Command::Bench(BenchCommand::Scale(args)) => {
             vidx::bench::scale::scale(args.into_config()?).await
@@ -56,17 +57,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 /// `vidx autoscale`: until SIGTERM.
 async fn autoscale(args: vidx::cli::AutoscaleArgs) -> anyhow::Result<()> {
-    use vidx::autoscale::{DeploymentScale, InMemoryReplicas, Replicas};
+    use vidx::autoscale::{
+        DeploymentScale, InMemoryReplicas, Leadership, LeaseLock, Replicas, SoleInstance,
+    };
     let policy = args.policy()?;
     let mut client = args.client.connect().await?;
-    let mut replicas: Box<dyn Replicas> = match &args.deployment {
-        Some(name) if !args.dry_run => {
-            Box::new(DeploymentScale::connect(name, args.namespace.as_deref()).await?)
-        }
-        _ => Box::new(InMemoryReplicas {
-            count: policy.min_replicas,
-        }),
-    };
+    let namespace = args.namespace.as_deref();
+    let (mut replicas, mut leadership): (Box<dyn Replicas>, Box<dyn Leadership>) =
+        match &args.deployment {
+            Some(name) if !args.dry_run => {
+                let kube = vidx::autoscale::kubernetes::client().await?;
+                let scale = DeploymentScale::new(
+                    kube.clone(),
+                    name,
+                    namespace,
+                    args.worker_selector.as_deref(),
+                );
+                let leadership: Box<dyn Leadership> = match &args.lease_name {
+                    Some(lease) => {
+                        let identity = args.holder_id.clone().unwrap_or_else(|| {
+                            let host =
+                                std::env::var("HOSTNAME").unwrap_or_else(|_| "autoscaler".into());
+                            format!("{host}-{}", std::process::id())
+                        });
+                        Box::new(LeaseLock::new(
+                            kube,
+                            namespace,
+                            lease,
+                            &identity,
+                            std::time::Duration::from_secs(args.lease_duration_secs),
+                        ))
+                    }
+                    None => Box::new(SoleInstance),
+                };
+                (Box::new(scale), leadership)
+            }
+            _ => (
+                Box::new(InMemoryReplicas {
+                    count: policy.min_replicas,
+                }),
+                Box::new(SoleInstance),
+            ),
+        };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -77,6 +109,7 @@ async fn autoscale(args: vidx::cli::AutoscaleArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs(args.interval_secs),
         &mut client,
         replicas.as_mut(),
+        leadership.as_mut(),
         stopped,
     )
     .await

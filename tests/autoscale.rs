@@ -3,7 +3,8 @@
 //! ceil(9 / 4) = 3 workers at once, and cancelling the pass brings the count back to the minimum
 //! only after the scale-down delay. With a real Kubernetes client whose API server is absent,
 //! rounds fail with what they were doing while the loop keeps going. No Kubernetes API server can
-//! run on this machine, so a successful `get_scale`/`patch_scale` is the one part not exercised.
+//! run on this machine; `tests/autoscale_api.rs` checks the requests themselves against kube's
+//! mock API service.
 
 mod common;
 

@@ -35,6 +35,14 @@ impl CoordinatorProcess {
                 redis_url,
             ])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            // Where these tests keep manifests and write, and the buckets they plan from.
+            .args([
+                "--allow-prefix",
+                "file:///tmp/",
+                "--allow-prefix",
+                "s3://media/",
+            ])
+            .args(["--allow-prefix", "s3://no-such-bucket/"])
             .env("VIDX_TOKEN", "restart-token")
             .env("RUST_LOG", "warn")
             .envs(
@@ -118,6 +126,17 @@ async fn killed_coordinator_loses_nothing() {
         "{metrics}"
     );
     assert!(metrics.contains("vidx_leases_in_flight 20"), "{metrics}");
+    // Outstanding jobs (what KEDA scales on) come from the shared store: a second replica
+    // reports the same number, so a query takes max over replicas, not sum.
+    let outstanding = format!("vidx_outstanding_jobs {}", 300 - partial.completed);
+    assert!(metrics.contains(&outstanding), "{outstanding}: {metrics}");
+    let replica = CoordinatorProcess::start(&redis.url()).await;
+    let replica_metrics = scrape(replica.metrics_port).await;
+    assert!(
+        replica_metrics.contains(&outstanding),
+        "{outstanding}: {replica_metrics}"
+    );
+    drop(replica);
 
     first.kill();
     let second = CoordinatorProcess::start(&redis.url()).await;

@@ -1,21 +1,19 @@
 //! The Helm chart, rendered by a real `helm` (installed by `scripts/setup.sh`): it lints, renders
 //! every part with the values platform teams set, refuses missing values with a clear message,
-//! and the moderation CronJob's own script, run as the pod would run it against real
+//! runs the autoscaler with least privilege, and the moderation CronJob's own script, run as the pod would run it against real
 //! `vidx coordinator` and `vidx worker` processes on a real Redis, submits a pass, waits for it
 //! and writes its manifest.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::helm::{IMAGE, env, named, of_kind, render, run_helm};
 use common::{Process, VIDX, ffmpeg_clip, start_coordinator};
-use serde_yaml_ng::Value;
 use vidx_coordinator::testing::RedisServer;
 use vidx_worker::evidence::ModerationPolicy;
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vidx");
 
 const POLICY: &str = "categories:
   - name: weapons
@@ -24,65 +22,10 @@ const POLICY: &str = "categories:
     severity: high
 ";
 
-/// `$VIDX_HELM`, else the `helm` that `scripts/setup.sh` puts in `.tools/bin`.
-fn helm() -> PathBuf {
-    std::env::var_os("VIDX_HELM").map_or_else(|| common::tool("helm"), PathBuf::from)
-}
-
-fn run_helm(args: &[&str], values: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let values_file = dir.path().join("values.yaml");
-    std::fs::write(&values_file, values).unwrap();
-    Command::new(helm())
-        .args(args)
-        .arg(CHART)
-        .arg("--values")
-        .arg(&values_file)
-        .output()
-        .expect("helm runs (scripts/setup.sh installs it)")
-}
-
-/// Renders the chart; the documents, or helm's error.
-fn render(values: &str) -> Result<Vec<Value>, String> {
-    let output = run_helm(&["template", "t"], values);
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    let text = String::from_utf8(output.stdout).unwrap();
-    Ok(text
-        .split("\n---")
-        .map(|part| serde_yaml_ng::from_str::<Value>(part).unwrap())
-        .filter(|document| !document.is_null())
-        .collect())
-}
-
-fn of_kind<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    documents
-        .iter()
-        .filter(|document| document["kind"].as_str() == Some(kind))
-        .collect()
-}
-
-fn named<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    of_kind(documents, kind)
-        .into_iter()
-        .find(|document| document["metadata"]["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
-
-/// The value of environment variable `name` in a container spec.
-fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
-    container["env"]
-        .as_sequence()?
-        .iter()
-        .find(|entry| entry["name"].as_str() == Some(name))?["value"]
-        .as_str()
-}
-
 fn values_with_schedule(extra: &str) -> String {
     let policy = POLICY.replace('\n', "\n        ");
     format!(
-        "auth:
+        "{IMAGE}auth:
   token: test-token
 moderation:
   schedules:
@@ -120,9 +63,14 @@ fn chart_lints_and_renders_every_part() {
             "CronJob",
             "Deployment",
             "Deployment",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "Secret",
             "Secret",
             "Service",
             "Service",
+            "Service",
+            "ServiceAccount",
             "StatefulSet"
         ]
     );
@@ -130,10 +78,37 @@ fn chart_lints_and_renders_every_part() {
     let coordinator = &named(&documents, "Deployment", "t-vidx-coordinator")["spec"];
     assert_eq!(coordinator["replicas"], 2);
     let container = &coordinator["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example.com/media/vidx:0.1.0");
+    // The bundled Redis wants its password; the URL is built from the Secret's value.
     assert_eq!(
         env(container, "VIDX_REDIS"),
-        Some("redis://t-vidx-redis:6379/")
+        Some("redis://:$(REDIS_PASSWORD)@t-vidx-redis:6379/")
     );
+    assert_eq!(
+        container["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "t-vidx-redis"
+    );
+    let redis = &named(&documents, "StatefulSet", "t-vidx-redis")["spec"];
+    assert_eq!(redis["serviceName"], "t-vidx-redis-headless");
+    assert_eq!(
+        named(&documents, "Service", "t-vidx-redis-headless")["spec"]["clusterIP"],
+        "None"
+    );
+    let redis_container = &redis["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = redis_container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|pair| pair == ["--requirepass", "$(REDIS_PASSWORD)"]),
+        "{args:?}"
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert!(redis_container[probe]["exec"].is_mapping(), "redis {probe}");
+    }
 
     let worker = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]["spec"];
     let container = &worker["containers"][0];
@@ -141,6 +116,14 @@ fn chart_lints_and_renders_every_part() {
         container["resources"]["limits"]["nvidia.com/gpu"].as_u64(),
         Some(1)
     );
+    // GPU workers run the CUDA image.
+    assert_eq!(
+        container["image"],
+        "registry.example.com/media/vidx:0.1.0-cuda"
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert!(container[probe]["exec"].is_mapping(), "worker {probe}");
+    }
     assert_eq!(
         env(container, "VIDX_MODEL_ID"),
         Some("marinero4972/Open-o3-Video")
@@ -176,29 +159,35 @@ fn an_external_redis_replaces_the_bundled_one() {
     let coordinator = named(&documents, "Deployment", "t-vidx-coordinator");
     let container = &coordinator["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env(container, "VIDX_REDIS"), Some("redis://cache:6379/2"));
+    // No bundled Redis, no Redis password Secret: only the token's.
+    assert_eq!(of_kind(&documents, "Secret").len(), 1);
 }
 
 #[test]
 fn missing_values_are_refused_with_what_to_set() {
-    let error = render("moderation:\n  schedules: []\n").unwrap_err();
-    assert!(
-        error.contains("set auth.existingSecret or auth.token"),
-        "{error}"
-    );
-    let error = render("auth:\n  token: t\nredis:\n  deploy: false\n").unwrap_err();
-    assert!(
-        error.contains("redis.url is required when redis.deploy is false"),
-        "{error}"
-    );
-    // An existing Secret is used as it is: the chart makes none.
-    let documents = render("auth:\n  existingSecret: vidx-token\n").unwrap();
+    let error = render(&format!("{IMAGE}moderation:\n  schedules: []\n")).unwrap_err();
+    assert!(error.contains("at '/auth/token'"), "{error}");
+    let error = render(&format!(
+        "{IMAGE}auth:\n  token: t\nredis:\n  deploy: false\n"
+    ))
+    .unwrap_err();
+    assert!(error.contains("at '/redis/url'"), "{error}");
+    assert!(error.contains("at '/redis/existingSecret'"), "{error}");
+    let error = render("auth:\n  token: t\n").unwrap_err();
+    assert!(error.contains("at '/image/repository'"), "{error}");
+    // An existing Secret is used as it is: the chart makes none for the token.
+    let documents = render(&format!(
+        "{IMAGE}auth:\n  existingSecret: vidx-token\nredis:\n  auth:\n    existingSecret: vidx-redis\n"
+    ))
+    .unwrap();
     assert!(of_kind(&documents, "Secret").is_empty());
 }
 
 #[test]
 fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
     let values =
-        "auth:\n  token: t\nworker:\n  autoscaling:\n    enabled: true\n    maxReplicas: 16\n";
+        format!("{IMAGE}auth:\n  token: t\nautoscaling:\n  mode: builtin\n  maxReplicas: 16\n");
+    let values = values.as_str();
     let lint = run_helm(&["lint", "--strict"], values);
     assert!(
         lint.status.success(),
@@ -212,14 +201,44 @@ fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
 
     let role = named(&documents, "Role", "t-vidx-autoscaler");
     let rules = role["rules"].as_sequence().unwrap();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0]["resources"][0], "deployments/scale");
-    assert_eq!(rules[0]["resourceNames"][0], "t-vidx-worker");
+    let granted: Vec<(&str, Option<&str>, Vec<&str>)> = rules
+        .iter()
+        .map(|rule| {
+            (
+                rule["resources"][0].as_str().unwrap(),
+                rule["resourceNames"][0].as_str(),
+                rule["verbs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|verb| verb.as_str().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            (
+                "deployments/scale",
+                Some("t-vidx-worker"),
+                vec!["get", "patch"]
+            ),
+            ("pods", None, vec!["list", "patch"]),
+            ("leases", Some("t-vidx-autoscaler"), vec!["get", "update"]),
+            ("leases", None, vec!["create"]),
+        ]
+    );
+    // A Role, not a ClusterRole: nothing outside the release's namespace.
+    assert!(of_kind(&documents, "ClusterRole").is_empty());
     let binding = named(&documents, "RoleBinding", "t-vidx-autoscaler");
     assert_eq!(binding["subjects"][0]["name"], "t-vidx-autoscaler");
     named(&documents, "ServiceAccount", "t-vidx-autoscaler");
 
-    let pod = &named(&documents, "Deployment", "t-vidx-autoscaler")["spec"]["template"]["spec"];
+    let deployment = &named(&documents, "Deployment", "t-vidx-autoscaler")["spec"];
+    // Two replicas, one leader: only the holder of the Lease scales.
+    assert_eq!(deployment["replicas"], 2);
+    let pod = &deployment["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "t-vidx-autoscaler");
     let container = &pod["containers"][0];
     assert_eq!(container["args"][0], "autoscale");
@@ -228,6 +247,11 @@ fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
         Some("t-vidx-worker")
     );
     assert_eq!(env(container, "VIDX_MAX_WORKERS"), Some("16"));
+    assert_eq!(env(container, "VIDX_LEASE_NAME"), Some("t-vidx-autoscaler"));
+    assert_eq!(
+        env(container, "VIDX_WORKER_SELECTOR"),
+        Some("app.kubernetes.io/instance=t,app.kubernetes.io/component=worker")
+    );
 
     // The binary takes every setting the chart gives it: with them it gets as far as
     // connecting to the (here absent) coordinator.
@@ -246,12 +270,21 @@ fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot connect to coordinator"), "{stderr}");
 
-    let error = render(
-        "auth:\n  token: t\nworker:\n  autoscaling:\n    enabled: true\n    minReplicas: 9\n    maxReplicas: 2\n",
-    )
+    let error = render(&format!(
+        "{IMAGE}auth:\n  token: t\nautoscaling:\n  mode: builtin\n  minReplicas: 9\n  maxReplicas: 2\n"
+    ))
     .unwrap_err();
     assert!(
         error.contains("minReplicas must not be above maxReplicas"),
+        "{error}"
+    );
+    // A Lease shorter than two rounds would pass to the other replica between renewals.
+    let error = render(&format!(
+        "{IMAGE}auth:\n  token: t\nautoscaling:\n  mode: builtin\n  intervalSeconds: 30\n  builtin:\n    leaseDurationSeconds: 45\n"
+    ))
+    .unwrap_err();
+    assert!(
+        error.contains("autoscaling.builtin.leaseDurationSeconds must be at least twice"),
         "{error}"
     );
 }
@@ -306,7 +339,7 @@ fn moderation_cronjob_runs_a_pass_and_writes_its_manifest() {
     std::fs::write(corpus.path().join("empty.mp4"), b"").unwrap();
 
     let values = format!(
-        "auth:\n  token: t\nmoderation:\n  schedules:\n    - name: hourly\n      schedule: \"0 * * * *\"\n      source: {}\n      destination: {}\n      policy: |\n        {}\n",
+        "{IMAGE}auth:\n  token: t\nmoderation:\n  schedules:\n    - name: hourly\n      schedule: \"0 * * * *\"\n      source: {}\n      destination: {}\n      policy: |\n        {}\n",
         corpus.path().display(),
         out.path().display(),
         POLICY.replace('\n', "\n        ")

@@ -26,6 +26,10 @@ pub enum Error {
     /// The request carried no valid token.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A source, destination or manifest entry lies outside the prefixes this coordinator
+    /// allows (`--allow-prefix`); the message names them.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Redis failed or could not be reached.
     #[error("job store unavailable: {0}")]
     Redis(#[from] redis::RedisError),
@@ -55,6 +59,7 @@ impl Error {
             Error::StaleLease { .. } => "stale_lease",
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Redis(_) => "redis",
             Error::ObjectStore(_) => "object_store",
             Error::Corrupt(_) => "corrupt",
@@ -103,6 +108,7 @@ impl From<Error> for tonic::Status {
                 tonic::Status::failed_precondition(message)
             }
             Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
             Error::Redis(_) | Error::Transport(_) => tonic::Status::unavailable(message),
             Error::ObjectStore(_) => tonic::Status::unavailable(message),
             Error::Corrupt(_) => tonic::Status::internal(message),

@@ -6,6 +6,7 @@
 //! stops when the given shutdown future resolves; it never binds ports or installs signal handlers
 //! of its own. [`client::CoordinatorClient`] is the one client for both services.
 
+pub mod access;
 pub mod auth;
 pub mod client;
 pub mod domain;

@@ -1,5 +1,9 @@
-//! Prometheus metrics: queue depth per pass and state (what the autoscaler scales workers on),
-//! leases in flight, job durations and failures. Served as text on `/metrics`.
+//! Prometheus metrics: queue depth per pass and state, outstanding jobs (what KEDA scales workers
+//! on), leases in flight, job durations and failures. Served as text on `/metrics`.
+//!
+//! The gauges are read from the shared store at each scrape, so every coordinator replica
+//! reports the same values: sum them over replicas and you count each job once per replica.
+//! Aggregate with `max`. The counters and the histogram are per replica (sum those).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -14,8 +18,11 @@ pub struct Metrics {
     registry: Registry,
     /// Jobs per pass and state.
     pub jobs: IntGaugeVec,
-    /// Pending jobs over all active passes: the autoscaling signal.
+    /// Pending jobs over all active passes.
     pub queue_depth: IntGauge,
+    /// Pending, leased and retrying jobs over all active passes: the autoscaling signal, the
+    /// same on every replica.
+    pub outstanding_jobs: IntGauge,
     /// Leases held.
     pub leases_in_flight: IntGauge,
     /// Time from lease to completion.
@@ -50,6 +57,11 @@ impl Metrics {
         .expect("static metric definition is valid");
         let queue_depth =
             IntGauge::new("queue_depth", "pending jobs over all active passes").expect("valid");
+        let outstanding_jobs = IntGauge::new(
+            "outstanding_jobs",
+            "pending, leased and retrying jobs over all active passes",
+        )
+        .expect("valid");
         let leases_in_flight =
             IntGauge::new("leases_in_flight", "job leases currently held").expect("valid");
         let job_duration = HistogramVec::new(
@@ -71,6 +83,7 @@ impl Metrics {
         for collector in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(queue_depth.clone()),
+            Box::new(outstanding_jobs.clone()),
             Box::new(leases_in_flight.clone()),
             Box::new(job_duration.clone()),
             Box::new(job_outcomes.clone()),
@@ -84,6 +97,7 @@ impl Metrics {
             registry,
             jobs,
             queue_depth,
+            outstanding_jobs,
             leases_in_flight,
             job_duration,
             job_outcomes,
@@ -95,6 +109,7 @@ impl Metrics {
     pub fn set_pass_counts(&self, passes: &[(String, crate::domain::JobCounts)]) {
         self.jobs.reset();
         let mut depth = 0;
+        let mut outstanding = 0;
         for (pass_id, counts) in passes {
             for state in JobState::ALL {
                 self.jobs
@@ -102,8 +117,10 @@ impl Metrics {
                     .set(counts.get(state) as i64);
             }
             depth += counts.pending;
+            outstanding += counts.pending + counts.leased + counts.failed;
         }
         self.queue_depth.set(depth as i64);
+        self.outstanding_jobs.set(outstanding as i64);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -113,5 +130,34 @@ impl Metrics {
             tracing::warn!(%error, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobCounts;
+
+    #[test]
+    fn outstanding_jobs_count_pending_leased_and_retrying() {
+        let metrics = Metrics::new();
+        let counts = |pending, leased, failed, done| JobCounts {
+            pending,
+            leased,
+            failed,
+            done,
+            ..JobCounts::default()
+        };
+        metrics.set_pass_counts(&[
+            ("a".into(), counts(3, 2, 1, 40)),
+            ("b".into(), counts(0, 4, 0, 0)),
+        ]);
+        assert_eq!(metrics.outstanding_jobs.get(), 10);
+        assert_eq!(metrics.queue_depth.get(), 3);
+        let text = metrics.encode();
+        assert!(text.contains("vidx_outstanding_jobs 10"), "{text}");
+        // A pass that is no longer active leaves the gauge.
+        metrics.set_pass_counts(&[]);
+        assert_eq!(metrics.outstanding_jobs.get(), 0);
     }
 }

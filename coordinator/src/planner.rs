@@ -18,6 +18,7 @@ use object_store::path::Path;
 use tokio::sync::{Notify, watch};
 use tracing::{info, instrument, warn};
 
+use crate::access::AccessPolicy;
 use crate::domain::{NewJob, now_ms};
 use crate::error::{Error, Result};
 use crate::objects::{self, Location};
@@ -33,10 +34,11 @@ const MAX_TRANSIENT_FAILURES: u32 = 5;
 const SWEEP: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` turns true: plans new passes when woken, and sweeps for passes whose
-/// planner died.
+/// planner died. Manifest entries outside `access` fail their pass, naming the allowed prefixes.
 pub async fn run(
     store: Arc<dyn JobStore>,
     replica: String,
+    access: AccessPolicy,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -51,7 +53,14 @@ pub async fn run(
                     if *shutdown.borrow() {
                         return;
                     }
-                    plan_one(store.as_ref(), &replica, pass, &mut transient_failures).await;
+                    plan_one(
+                        store.as_ref(),
+                        &replica,
+                        &access,
+                        pass,
+                        &mut transient_failures,
+                    )
+                    .await;
                 }
             }
             Err(error) => warn!(%error, "cannot read passes to plan"),
@@ -67,6 +76,7 @@ pub async fn run(
 async fn plan_one(
     store: &dyn JobStore,
     replica: &str,
+    access: &AccessPolicy,
     pass: PlanningPass,
     transient_failures: &mut HashMap<String, u32>,
 ) {
@@ -82,7 +92,7 @@ async fn plan_one(
             return;
         }
     }
-    let outcome = plan(store, replica, &pass).await;
+    let outcome = plan(store, replica, access, &pass).await;
     let finish = match outcome {
         Ok(0) => Some(format!("no video files found in {}", pass.spec.source)),
         Ok(videos) => {
@@ -140,7 +150,12 @@ pub fn is_manifest(path: &Path) -> bool {
 
 /// Plans a pass from its saved position; returns the number of videos the pass has in total.
 #[instrument(skip_all, fields(pass_id = %pass.pass_id))]
-async fn plan(store: &dyn JobStore, replica: &str, pass: &PlanningPass) -> Result<u64> {
+async fn plan(
+    store: &dyn JobStore,
+    replica: &str,
+    access: &AccessPolicy,
+    pass: &PlanningPass,
+) -> Result<u64> {
     let location = objects::open(&pass.spec.source)?;
     let mut writer = BatchWriter {
         store,
@@ -149,7 +164,7 @@ async fn plan(store: &dyn JobStore, replica: &str, pass: &PlanningPass) -> Resul
         batch: Vec::new(),
     };
     if is_manifest(&location.path) {
-        plan_manifest(&location, pass.cursor.as_deref(), &mut writer).await?;
+        plan_manifest(&location, access, pass.cursor.as_deref(), &mut writer).await?;
     } else {
         plan_prefix(&location, pass.cursor.as_deref(), &mut writer).await?;
     }
@@ -243,6 +258,7 @@ struct ManifestEntry {
 
 async fn plan_manifest(
     location: &Location,
+    access: &AccessPolicy,
     cursor: Option<&str>,
     writer: &mut BatchWriter<'_>,
 ) -> Result<()> {
@@ -271,6 +287,15 @@ async fn plan_manifest(
                 continue;
             }
             if let Some(job) = manifest_job(location, line, line_number, jsonl)? {
+                access
+                    .check("manifest entry", &job.video_url)
+                    .map_err(|error| match error {
+                        Error::PermissionDenied(reason) => Error::PermissionDenied(format!(
+                            "manifest {} line {line_number}: {reason}",
+                            location.url
+                        )),
+                        other => other,
+                    })?;
                 writer.push(job, &line_number.to_string()).await?;
             }
         }

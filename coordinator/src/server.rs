@@ -74,6 +74,12 @@ pub async fn run(
     if config.auth_token.is_none() {
         warn!("no auth token configured: every gRPC call is accepted unauthenticated");
     }
+    let allowed_prefixes = coordinator.access().prefixes();
+    // None listed: any cloud URL, no local files (see `access`).
+    info!(
+        ?allowed_prefixes,
+        "passes read and write under these prefixes"
+    );
 
     let mut background = tokio::task::JoinSet::new();
     background.spawn(reap_loop(
@@ -92,6 +98,7 @@ pub async fn run(
     background.spawn(crate::planner::run(
         std::sync::Arc::clone(coordinator.store()),
         config.replica_id.clone(),
+        coordinator.access().clone(),
         coordinator.planner_wake(),
         stop.clone(),
     ));

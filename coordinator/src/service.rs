@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::{info, instrument};
 
+use crate::access::AccessPolicy;
 use crate::domain::{
     Completed, Completion, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec,
     PassStatus, now_ms,
@@ -30,6 +31,7 @@ pub struct Coordinator {
     store: Arc<dyn JobStore>,
     metrics: Metrics,
     planner_wake: Arc<Notify>,
+    access: AccessPolicy,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -59,13 +61,25 @@ fn page_size(requested: u32, default: u32) -> Result<u32> {
 }
 
 impl Coordinator {
-    /// A coordinator over `store`.
+    /// A coordinator over `store` that allows every URL (see [`Coordinator::with_access`]).
     pub fn new(store: Arc<dyn JobStore>, metrics: Metrics) -> Self {
         Coordinator {
             store,
             metrics,
             planner_wake: Arc::new(Notify::new()),
+            access: AccessPolicy::unrestricted(),
         }
+    }
+
+    /// The same coordinator, reading and writing only where `access` allows.
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Where passes may read and write; the planner checks manifest entries against it.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.access
     }
 
     /// The store.
@@ -87,6 +101,7 @@ impl Coordinator {
     #[instrument(skip_all, fields(source = %spec.source))]
     pub async fn submit(&self, spec: PassSpec) -> Result<Created> {
         spec.validate()?;
+        self.access.check_spec(&spec)?;
         let created = self.store.create_pass(&spec, now_ms()).await?;
         if !created.existing {
             info!(pass_id = %created.pass_id, "pass submitted");

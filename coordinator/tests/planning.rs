@@ -1,9 +1,11 @@
 //! Planning real sources into jobs: local directories (nested, mixed files), `.txt` and `.jsonl`
-//! manifests, and the clear failures for empty sources and bad manifest lines.
+//! manifests, and the clear failures for empty sources, bad manifest lines and manifest entries
+//! outside the coordinator's allowed prefixes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::domain::{PassSpec, PassState, PassStatus, Sampling, Task};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
@@ -22,14 +24,21 @@ fn spec(source: String) -> PassSpec {
 
 /// Submits and runs the planner until the pass leaves planning.
 async fn plan(source: String) -> (Coordinator, PassStatus) {
+    plan_under(source, AccessPolicy::unrestricted()).await
+}
+
+/// [`plan`] on a coordinator that allows only what `access` allows.
+async fn plan_under(source: String, access: AccessPolicy) -> (Coordinator, PassStatus) {
     let coordinator = Coordinator::new(
         Arc::new(MemoryStore::new(RetryPolicy::default())),
         Metrics::new(),
-    );
+    )
+    .with_access(access);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let planner = tokio::spawn(vidx_coordinator::planner::run(
         Arc::clone(coordinator.store()),
         "test-replica".into(),
+        coordinator.access().clone(),
         coordinator.planner_wake(),
         stopped,
     ));
@@ -168,4 +177,34 @@ async fn bad_sources_fail_planning_with_a_reason() {
     let (_, status) = plan(format!("file://{}/missing.txt", dir.path().display())).await;
     assert_eq!(status.state, PassState::Failed);
     assert!(status.planning_error.is_some());
+}
+
+#[tokio::test]
+async fn manifest_entries_outside_the_allowed_prefixes_fail_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("file://{}", dir.path().display());
+    std::fs::write(
+        dir.path().join("list.txt"),
+        "clips/one.mp4\nfile:///etc/shadow.mp4\n",
+    )
+    .unwrap();
+    let access =
+        AccessPolicy::from_prefixes([format!("{base}/"), "file:///tmp/vidx-planning-out/".into()])
+            .unwrap();
+    let (coordinator, status) = plan_under(format!("{base}/list.txt"), access).await;
+    assert_eq!(status.state, PassState::Failed);
+    let reason = status.planning_error.unwrap();
+    assert!(reason.contains("line 2"), "{reason}");
+    assert!(reason.contains("file:///etc/shadow.mp4"), "{reason}");
+    assert!(reason.contains(&format!("{base}/")), "{reason}");
+    // Nothing outside the prefixes became a job.
+    let jobs = coordinator
+        .list_jobs(&status.pass_id, None, 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        jobs.iter().all(|job| job.spec.video_url.starts_with(&base)),
+        "{jobs:?}"
+    );
 }

@@ -177,6 +177,8 @@ pub struct HubOptions {
     pub connect_timeout: Duration,
     /// Bound on the whole download (the 7B checkpoint is about 16 GB).
     pub timeout: Duration,
+    /// Access token for gated or private repositories (`None`: hf-hub's token file, if any).
+    pub token: Option<String>,
 }
 
 impl Default for HubOptions {
@@ -187,6 +189,7 @@ impl Default for HubOptions {
             endpoint: None,
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(4 * 3600),
+            token: None,
         }
     }
 }
@@ -322,6 +325,9 @@ fn download_blocking(repo_id: &str, options: &HubOptions) -> Result<ModelFiles> 
     }
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
+    }
+    if let Some(token) = &options.token {
+        builder = builder.with_token(Some(token.clone()));
     }
     let api = builder.build().map_err(|e| Error::Hub(e.to_string()))?;
     let repo = api.repo(hub_repo(repo_id, options));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tracing::warn;
+use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::{ServerConfig, TlsFiles};
 use vidx_coordinator::service::Coordinator;
@@ -29,6 +30,8 @@ pub struct CoordinatorConfig {
     pub retry: RetryPolicy,
     /// Server settings.
     pub server: ServerConfig,
+    /// Where passes may read and write.
+    pub access: AccessPolicy,
 }
 
 impl CoordinatorArgs {
@@ -55,6 +58,7 @@ impl CoordinatorArgs {
             tls,
             ..ServerConfig::default()
         };
+        let access = AccessPolicy::from_prefixes(&self.allow_prefix).context("--allow-prefix")?;
         if let Some(replica_id) = self.replica_id {
             server.replica_id = replica_id;
         }
@@ -74,6 +78,7 @@ impl CoordinatorArgs {
                 max_backoff_ms: self.retry_max_ms,
             },
             server,
+            access,
         })
     }
 }
@@ -112,7 +117,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let coordinator = Coordinator::new(store, Metrics::new());
+    let coordinator = Coordinator::new(store, Metrics::new()).with_access(config.access);
     vidx_coordinator::server::run(
         coordinator,
         config.server,

@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod coordinator;
 pub mod evidence;
+pub mod fetch_model;
 pub mod media;
 pub mod passes;
 pub mod worker;

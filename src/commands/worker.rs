@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 use tracing::info;
+use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::domain::{Job, JobState, PassState, PassStatus};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
 use vidx_model::generation::GenerationParams;
+use vidx_model::loading::DeviceKind;
 use vidx_model::{LoadOptions, OpenO3Video};
 use vidx_worker::evidence::store::OutcomeStatus;
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
@@ -42,8 +44,16 @@ impl ModelArgs {
         }
         let dir = self.model.clone();
         let (min_pixels, max_pixels) = (self.min_pixels, self.max_pixels);
+        let options = LoadOptions {
+            device: self.device.unwrap_or(if cfg!(feature = "cuda") {
+                DeviceKind::Cuda(0)
+            } else {
+                DeviceKind::Cpu
+            }),
+            ..LoadOptions::default()
+        };
         tokio::task::spawn_blocking(move || {
-            let mut model = OpenO3Video::load(&dir, &LoadOptions::default())?;
+            let mut model = OpenO3Video::load(&dir, &options)?;
             model.set_pixel_bounds(min_pixels, max_pixels);
             Ok::<_, vidx_model::Error>(model)
         })
@@ -111,11 +121,17 @@ pub async fn index(args: IndexArgs) -> Result<()> {
         base_backoff_ms: 500,
         max_backoff_ms: 5_000,
     };
-    let coordinator = Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new());
+    // The embedded coordinator reads and writes what this command was given, and no more (a
+    // manifest's entries: next to it, or under an --allow-prefix).
+    let mut allowed = args.allow_prefix.clone();
+    allowed.extend(AccessPolicy::for_own_arguments(&spec)?.prefixes());
+    let coordinator = Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new())
+        .with_access(AccessPolicy::from_prefixes(&allowed)?);
     let (stop, stopped) = watch::channel(false);
     let planner = tokio::spawn(vidx_coordinator::planner::run(
         Arc::clone(coordinator.store()),
         "embedded".into(),
+        coordinator.access().clone(),
         coordinator.planner_wake(),
         stopped.clone(),
     ));

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,14 +51,47 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-/// Starts `vidx coordinator` on a free loopback port over `redis_url`, requiring `token`;
-/// returns the process and its URL once it accepts connections.
+/// The `file://` prefix of the temporary directory, where tests keep their corpora and indexes:
+/// a coordinator refuses local paths it was not given with `--allow-prefix`.
+pub fn temp_prefix() -> String {
+    let dir = std::env::temp_dir();
+    let url = url::Url::from_directory_path(&dir).expect("the temporary directory is absolute");
+    url.to_string()
+}
+
+/// Starts `vidx coordinator` on a free loopback port over `redis_url`, requiring `token` and
+/// allowing passes under the temporary directory; returns the process and its URL once it
+/// accepts connections.
 pub fn start_coordinator(redis_url: &str, token: &str) -> (Process, String) {
+    start_coordinator_allowing(redis_url, token, &[&temp_prefix()])
+}
+
+/// [`start_coordinator`] allowing exactly `prefixes`.
+pub fn start_coordinator_allowing(
+    redis_url: &str,
+    token: &str,
+    prefixes: &[&str],
+) -> (Process, String) {
     let port = free_port().unwrap();
+    let mut command = Command::new(VIDX);
+    command
+        .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis", redis_url]);
+    for prefix in prefixes {
+        command.args(["--allow-prefix", prefix]);
+    }
+    // A pass over s3:// that a test submits plans against a closed loopback port, never a
+    // cloud (nor the instance metadata service for credentials).
+    let closed = free_port().unwrap();
+    command
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     let process = Process(
-        Command::new(VIDX)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis", redis_url])
+        command
             .env("VIDX_TOKEN", token)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
