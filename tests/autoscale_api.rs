@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use kube_mock::*;
 use serde_json::{Value, json};
-use vidx::autoscale::{Autoscaler, DeploymentScale, Scaling, SoleInstance};
+use vidx::autoscale::{Autoscaler, Demand, DeploymentScale, Scaling, SoleInstance};
 
 #[tokio::test]
 async fn the_scale_is_read_and_merge_patched() {
@@ -87,8 +87,9 @@ fn mark(name: &str, cost: &str) -> Exchange {
     )
 }
 
-#[tokio::test]
-async fn a_scale_in_marks_idle_pods_to_go_first_and_keeps_busy_ones() {
+/// Three workers, of which `demand` says worker-a holds the one leased job: a scale-in marks
+/// worker-a busy and the others idle, then asks for one worker.
+async fn scale_in_keeps_the_busy_worker(demand: &mut dyn Demand) {
     let (client, mut handle) = mock_client();
     let mut replicas = DeploymentScale::new(
         client,
@@ -96,16 +97,10 @@ async fn a_scale_in_marks_idle_pods_to_go_first_and_keeps_busy_ones() {
         Some(NAMESPACE),
         Some("app.kubernetes.io/component=worker"),
     );
-    // Three workers; worker-a holds the one leased job.
-    let mut queue = Queue {
-        busy: Some(BTreeSet::from(["worker-a".to_owned()])),
-        ..Queue::default()
-    };
-    queue.set(1, 1);
     let mut leadership = SoleInstance;
     let mut scaling = Scaling {
         scaler: Autoscaler::new(policy(Duration::ZERO)),
-        demand: &mut queue,
+        demand,
         replicas: &mut replicas,
         leadership: &mut leadership,
     };
@@ -136,4 +131,47 @@ async fn a_scale_in_marks_idle_pods_to_go_first_and_keeps_busy_ones() {
     ).await;
     assert_eq!(set, Some(1));
     assert_quiet(&mut handle);
+}
+
+#[tokio::test]
+async fn a_scale_in_marks_idle_pods_to_go_first_and_keeps_busy_ones() {
+    let mut queue = Queue {
+        busy: Some(BTreeSet::from(["worker-a".to_owned()])),
+        ..Queue::default()
+    };
+    queue.set(1, 1);
+    scale_in_keeps_the_busy_worker(&mut queue).await;
+}
+
+/// The same scale-in with a real coordinator as the source: it names the worker holding the lease
+/// (`ListLeaseHolders`), so the busy pod is the one that leased the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_names_the_busy_workers() {
+    use std::sync::Arc;
+    use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
+    use vidx_coordinator::metrics::Metrics;
+    use vidx_coordinator::service::Coordinator;
+    use vidx_coordinator::store::{MemoryStore, RetryPolicy};
+
+    let coordinator = Coordinator::new(
+        Arc::new(MemoryStore::new(RetryPolicy::default())),
+        Metrics::new(),
+    );
+    let (url, stop, server) = vidx::bench::start_coordinator(coordinator, None)
+        .await
+        .unwrap();
+    let mut client = CoordinatorClient::connect(&ClientConfig::new(url, None))
+        .await
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let manifest = vidx::bench::write_manifest(scratch.path(), 1).unwrap();
+    let out = format!("file://{}/out/", scratch.path().display());
+    vidx::bench::submit_and_plan(&mut client, &manifest, &out)
+        .await
+        .unwrap();
+    assert_eq!(client.lease("worker-a", 1, 60_000).await.unwrap().len(), 1);
+    assert_eq!(client.lease_holders().await.unwrap(), ["worker-a"]);
+    scale_in_keeps_the_busy_worker(&mut client).await;
+    let _ = stop.send(());
+    server.await.unwrap();
 }

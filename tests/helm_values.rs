@@ -470,3 +470,24 @@ fn helm_is_current() {
         "helm {version} is older than 3.16"
     );
 }
+
+#[test]
+fn the_chart_runs_redis_with_listpacks_big_enough_for_long_video_paths() {
+    let documents = documents(&template("minimal-values.yaml"));
+    let redis = named(&documents, "StatefulSet", "t-vidx-redis");
+    let args: Vec<&str> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("redis has args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = args
+        .iter()
+        .position(|arg| *arg == "--hash-max-listpack-value")
+        .expect("hash-max-listpack-value is set");
+    assert_eq!(args.get(at + 1), Some(&"256"), "{args:?}");
+    assert!(
+        args.windows(2).any(|pair| pair == ["--appendonly", "yes"]),
+        "{args:?}"
+    );
+}

@@ -277,6 +277,16 @@ impl CoordinatorClient {
             retry_at_ms: response.retry_at_ms,
         })
     }
+
+    /// The workers holding a lease now, sorted, each once.
+    pub async fn lease_holders(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .workers
+            .list_lease_holders(pb::ListLeaseHoldersRequest {})
+            .await?
+            .into_inner()
+            .worker_ids)
+    }
 }
 
 fn job_state_from_pb(raw: i32) -> Result<JobState> {

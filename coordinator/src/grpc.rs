@@ -473,4 +473,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             retry_at_ms: outcome.retry_at_ms,
         }))
     }
+
+    async fn list_lease_holders(
+        &self,
+        _request: Request<pb::ListLeaseHoldersRequest>,
+    ) -> Result<Response<pb::ListLeaseHoldersResponse>, Status> {
+        let worker_ids = self
+            .coordinator
+            .lease_holders()
+            .await
+            .map_err(|error| reject(&self.coordinator, error))?;
+        Ok(Response::new(pb::ListLeaseHoldersResponse { worker_ids }))
+    }
 }

@@ -227,6 +227,11 @@ impl Coordinator {
         Ok(completed)
     }
 
+    /// The workers holding a lease now, for autoscalers.
+    pub async fn lease_holders(&self) -> Result<Vec<String>> {
+        self.store.lease_holders().await
+    }
+
     /// Records a job failed.
     #[instrument(level = "debug", skip_all, fields(%job_id))]
     pub async fn fail(

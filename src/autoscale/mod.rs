@@ -181,8 +181,10 @@ impl Demand for CoordinatorClient {
         }
         bail!("more than ten million passes listed; giving up on this round")
     }
-    // The coordinator does not record which worker holds a lease (the store keeps only the
-    // fencing token), so it cannot name busy workers: `busy_workers` stays `None`.
+
+    async fn busy_workers(&mut self) -> Result<Option<BTreeSet<String>>> {
+        Ok(Some(self.lease_holders().await?.into_iter().collect()))
+    }
 }
 
 /// What is scaled.

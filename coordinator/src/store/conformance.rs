@@ -924,6 +924,48 @@ pub async fn filtered_listing_walks_a_big_pass(store: Arc<dyn JobStore>) {
     }
 }
 
+/// The store names the workers that hold leases, through heartbeats, until they let go.
+pub async fn lease_holders_are_named(store: Arc<dyn JobStore>) {
+    running_pass(store.as_ref(), 3, 3).await;
+    assert!(store.lease_holders().await.unwrap().is_empty());
+    let for_worker = |worker: &str, max_jobs: u32| LeaseRequest {
+        worker_id: worker.to_owned(),
+        max_jobs,
+        lease_ms: 60_000,
+    };
+    let b = store
+        .lease(&for_worker("pod b-7f9 (gpu)", 2), T0)
+        .await
+        .unwrap();
+    let a = store.lease(&for_worker("pod-a", 1), T0).await.unwrap();
+    assert_eq!(
+        store.lease_holders().await.unwrap(),
+        ["pod b-7f9 (gpu)", "pod-a"],
+        "sorted, each once"
+    );
+    store
+        .heartbeat(&b[0].job.job_id, &b[0].lease_id, Some(5_000), T0 + 1)
+        .await
+        .unwrap();
+    for job in &b {
+        store
+            .complete(
+                &job.job.job_id,
+                &job.lease_id,
+                &Completion::default(),
+                T0 + 2,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.lease_holders().await.unwrap(), ["pod-a"]);
+    store
+        .fail(&a[0].job.job_id, &a[0].lease_id, "oom", true, T0 + 3)
+        .await
+        .unwrap();
+    assert!(store.lease_holders().await.unwrap().is_empty());
+}
+
 /// Runs every check, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! job_store_conformance {
@@ -933,7 +975,7 @@ macro_rules! job_store_conformance {
             retry_with_backoff_then_dead, expiry_on_last_attempt_is_dead, cancel,
             cancel_finished_is_noop, idempotent_submit, status_and_listing,
             planning_is_resumable, probe_job_splits_into_segments, concurrent_reapers,
-            expire_old_passes, filtered_listing_walks_a_big_pass);
+            expire_old_passes, filtered_listing_walks_a_big_pass, lease_holders_are_named);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

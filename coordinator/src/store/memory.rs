@@ -52,6 +52,7 @@ struct Lease {
     deadline_ms: i64,
     started_ms: i64,
     duration_ms: i64,
+    worker_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -508,6 +509,7 @@ impl JobStore for MemoryStore {
                 deadline_ms: now_ms + request.lease_ms,
                 started_ms: now_ms,
                 duration_ms: request.lease_ms,
+                worker_id: request.worker_id.clone(),
             };
             state.leases.insert((lease.deadline_ms, job_id.clone()));
             let record = state
@@ -668,6 +670,17 @@ impl JobStore for MemoryStore {
 
     async fn leases_in_flight(&self) -> Result<u64> {
         Ok(self.lock().leases.len() as u64)
+    }
+
+    async fn lease_holders(&self) -> Result<Vec<String>> {
+        let state = self.lock();
+        let holders: BTreeSet<String> = state
+            .leases
+            .iter()
+            .filter_map(|(_, job_id)| state.jobs.get(job_id)?.lease.as_ref())
+            .map(|lease| lease.worker_id.clone())
+            .collect();
+        Ok(holders.into_iter().collect())
     }
 
     async fn expire_passes(&self, created_before_ms: i64, limit: u32) -> Result<Vec<String>> {

@@ -183,6 +183,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Number of leases currently held, over all passes.
     async fn leases_in_flight(&self) -> Result<u64>;
 
+    /// The workers holding at least one lease now, sorted, each once. O(leases in flight).
+    async fn lease_holders(&self) -> Result<Vec<String>>;
+
     /// Ids of passes that are planning or running, for metrics.
     async fn active_passes(&self) -> Result<Vec<String>>;
 

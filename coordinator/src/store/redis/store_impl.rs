@@ -253,6 +253,7 @@ impl JobStore for RedisStore {
                     &now_ms.to_string(),
                     &request.max_jobs.to_string(),
                     &request.lease_ms.to_string(),
+                    &request.worker_id,
                 ],
             )
             .await?,
@@ -416,6 +417,17 @@ impl JobStore for RedisStore {
 
     async fn leases_in_flight(&self) -> Result<u64> {
         Ok(self.conn().zcard(format!("{}:leases", self.prefix)).await?)
+    }
+
+    async fn lease_holders(&self) -> Result<Vec<String>> {
+        // One entry per lease in flight (`lease deadline started duration worker`), so this is
+        // bounded by the workers' slots, not by the size of any pass.
+        let leases: Vec<String> = self.conn().hvals(format!("{}:lease", self.prefix)).await?;
+        let holders: std::collections::BTreeSet<String> = leases
+            .iter()
+            .filter_map(|lease| lease.splitn(5, ' ').nth(4).map(str::to_owned))
+            .collect();
+        Ok(holders.into_iter().collect())
     }
 
     async fn active_passes(&self) -> Result<Vec<String>> {

@@ -1,8 +1,8 @@
--- ARGV: prefix, now_ms, max_jobs, lease_ms
+-- ARGV: prefix, now_ms, max_jobs, lease_ms, worker_id
 -- Returns due retries to the queue, then leases up to max_jobs jobs: requeued ones first (oldest
 -- first), then never-leased ones from the oldest pass with any. Every step is O(1) or O(log N).
 -- Reply: 'ok' then 8 strings per job: id, pass, where, version, attempt, lease, deadline, last error.
-local now, max, dur = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, max, dur, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local pass_states = {}
 local function pass_state(pass_id)
   if pass_states[pass_id] == nil then
@@ -27,7 +27,7 @@ local out = {'ok'}
 local leased = 0
 local lease_seq = P .. ':lease_seq'
 local function lease_one(pass_id, n, id, job)
-  local lease = {lease = tostring(redis.call('INCR', lease_seq)), deadline = now + dur, started = now, dur = dur}
+  local lease = {lease = tostring(redis.call('INCR', lease_seq)), deadline = now + dur, started = now, dur = dur, worker = worker}
   local attempt = job.attempt + 1
   write_job(pass_id, n, 'leased', attempt, job.rest)
   count(pass_id, n, 'pending', 'leased')

@@ -66,16 +66,17 @@ local function record_error(job_id, pass_id, n, reason, now)
   redis.call('LTRIM', errors, 0, 19)
 end
 
--- The lease a leased job is held under: {lease_id, deadline, started, duration}, or nil.
+-- The lease a leased job is held under: {lease_id, deadline, started, duration, worker}, or nil.
+-- Stored as one string, the worker's id last (it may hold spaces).
 local function read_lease(job_id)
   local raw = redis.call('HGET', P .. ':lease', job_id)
   if not raw then return nil end
-  local lease, deadline, started, dur = string.match(raw, '^(%d+) (%-?%d+) (%-?%d+) (%d+)$')
-  return {lease = lease, deadline = tonumber(deadline), started = tonumber(started), dur = tonumber(dur)}
+  local lease, deadline, started, dur, worker = string.match(raw, '^(%d+) (%-?%d+) (%-?%d+) (%d+) (.*)$')
+  return {lease = lease, deadline = tonumber(deadline), started = tonumber(started), dur = tonumber(dur), worker = worker}
 end
 
 local function write_lease(job_id, lease)
-  redis.call('HSET', P .. ':lease', job_id, string.format('%s %d %d %d', lease.lease, lease.deadline, lease.started, lease.dur))
+  redis.call('HSET', P .. ':lease', job_id, string.format('%s %d %d %d %s', lease.lease, lease.deadline, lease.started, lease.dur, lease.worker))
   redis.call('ZADD', P .. ':leases', lease.deadline, job_id)
 end
 
