@@ -64,6 +64,22 @@ fn lease(holder: &str, version: &str, acquired: u64, renewed: u64, transitions: 
 }
 
 /// The body the lock sends: the lease without the server's namespace.
+/// The API answering a read of the Lease with this record.
+fn get_lease(
+    holder: &str,
+    version: &str,
+    acquired: u64,
+    renewed: u64,
+    transitions: i32,
+) -> Exchange {
+    exchange(
+        Method::GET,
+        LEASE,
+        None,
+        lease(holder, version, acquired, renewed, transitions),
+    )
+}
+
 fn lease_request(
     holder: &str,
     version: Option<&str>,
@@ -152,12 +168,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
     let set = against(
         &mut handle,
         b.round(now),
-        vec![exchange(
-            Method::GET,
-            LEASE,
-            None,
-            lease("autoscaler-a", "1", 0, 0, 0),
-        )],
+        vec![get_lease("autoscaler-a", "1", 0, 0, 0)],
     )
     .await;
     assert_eq!(set, None);
@@ -170,12 +181,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
         &mut handle,
         a.round(now),
         vec![
-            exchange(
-                Method::GET,
-                LEASE,
-                None,
-                lease("autoscaler-a", "1", 0, 0, 0),
-            ),
+            get_lease("autoscaler-a", "1", 0, 0, 0),
             exchange(
                 Method::PUT,
                 &format!("{LEASE}?"),
@@ -195,12 +201,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
     let set = against(
         &mut handle,
         b.round(now),
-        vec![exchange(
-            Method::GET,
-            LEASE,
-            None,
-            lease("autoscaler-a", "2", 0, 15, 0),
-        )],
+        vec![get_lease("autoscaler-a", "2", 0, 15, 0)],
     )
     .await;
     assert_eq!(set, None);
@@ -208,12 +209,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
     let set = against(
         &mut handle,
         b.round(now),
-        vec![exchange(
-            Method::GET,
-            LEASE,
-            None,
-            lease("autoscaler-a", "2", 0, 15, 0),
-        )],
+        vec![get_lease("autoscaler-a", "2", 0, 15, 0)],
     )
     .await;
     assert_eq!(set, None, "45 s have not passed since B saw this record");
@@ -223,12 +219,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
         &mut handle,
         b.round(now),
         vec![
-            exchange(
-                Method::GET,
-                LEASE,
-                None,
-                lease("autoscaler-a", "2", 0, 15, 0),
-            ),
+            get_lease("autoscaler-a", "2", 0, 15, 0),
             exchange(
                 Method::PUT,
                 &format!("{LEASE}?"),
@@ -247,12 +238,7 @@ async fn only_the_lease_holder_scales_and_another_takes_over_when_it_stops_renew
     let set = against(
         &mut handle,
         a.round(now),
-        vec![exchange(
-            Method::GET,
-            LEASE,
-            None,
-            lease("autoscaler-b", "3", 65, 65, 1),
-        )],
+        vec![get_lease("autoscaler-b", "3", 65, 65, 1)],
     )
     .await;
     assert_eq!(set, None);
