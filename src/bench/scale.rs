@@ -643,9 +643,17 @@ pub async fn scale(config: ScaleBenchConfig) -> Result<()> {
 /// Waits until no AOF rewrite is running or scheduled.
 async fn wait_for_rewrite(connection: &mut redis::aio::MultiplexedConnection) -> Result<()> {
     for _ in 0..72_000 {
-        let running = info_field(connection, "persistence", "aof_rewrite_in_progress").await?;
-        let scheduled = info_field(connection, "persistence", "aof_rewrite_scheduled").await?;
-        if running == 0 && scheduled == 0 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(connection)
+            .await?;
+        let busy = info.lines().any(|line| {
+            matches!(
+                line.trim(),
+                "aof_rewrite_in_progress:1" | "aof_rewrite_scheduled:1"
+            )
+        });
+        if !busy {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -112,16 +112,17 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// A job's fields as one read returns them.
+/// A job's fields as one read returns them, its record's head already split.
 struct StoredJob<'a> {
     job_id: String,
     pass_id: &'a str,
-    record: &'a str,
+    /// The state to report: the record's, or cancelled for a queued job of a stopped pass.
+    state: JobState,
+    attempt: u32,
+    where_part: &'a str,
     version: Option<&'a str>,
     result: Option<&'a str>,
     last_error: Option<&'a str>,
-    /// The state to report instead of the record's (a queued job of a stopped pass).
-    state: Option<JobState>,
 }
 
 impl RedisStore {
@@ -208,7 +209,6 @@ impl RedisStore {
 
     /// Builds a job from its stored fields.
     async fn decode_job(&self, stored: StoredJob<'_>) -> Result<Job> {
-        let (recorded, attempt, where_part) = split_record(stored.record)?;
         let want_template = stored.result.is_some_and(|result| result.starts_with('~'));
         let info = self.pass_info(stored.pass_id, want_template).await?;
         let result_url = stored
@@ -218,9 +218,9 @@ impl RedisStore {
         Ok(Job {
             job_id: stored.job_id,
             pass_id: stored.pass_id.to_owned(),
-            spec: decode_spec(&info.base, where_part, stored.version)?,
-            state: stored.state.unwrap_or(recorded),
-            attempt,
+            spec: decode_spec(&info.base, stored.where_part, stored.version)?,
+            state: stored.state,
+            attempt: stored.attempt,
             last_error: stored.last_error.map(str::to_owned),
             result_url,
         })
@@ -229,16 +229,22 @@ impl RedisStore {
     /// Removes keys `{prefix}{i}` for `i` in `0..count`, in chunks: dropping an index or an
     /// expired pass never blocks Redis for long (`UNLINK` frees memory in the background).
     async fn unlink_numbered(&self, prefix: &str, count: u64) -> Result<()> {
+        const CHUNKS_PER_ROUND_TRIP: u64 = 16;
         let mut conn = self.conn();
         let mut start = 0;
         while start < count {
-            let end = (start + UNLINK_CHUNK).min(count);
-            let keys: Vec<String> = (start..end).map(|i| format!("{prefix}{i}")).collect();
-            let _: () = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await?;
-            start = end;
+            // Several chunks per round trip, each its own command so none holds Redis long.
+            let mut pipe = redis::pipe();
+            for _ in 0..CHUNKS_PER_ROUND_TRIP {
+                if start >= count {
+                    break;
+                }
+                let end = (start + UNLINK_CHUNK).min(count);
+                let keys: Vec<String> = (start..end).map(|i| format!("{prefix}{i}")).collect();
+                pipe.cmd("UNLINK").arg(keys).ignore();
+                start = end;
+            }
+            let _: () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
     }

@@ -184,16 +184,19 @@ impl JobStore for RedisStore {
             };
             let state = JobState::parse(state)
                 .ok_or_else(|| Error::Corrupt(format!("list replied state {state:?}")))?;
-            let record = format!("{}{attempt}|{rest}", super::codec::state_code(state));
+            let attempt = attempt
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("list replied attempt {attempt:?}")))?;
             items.push(
                 self.decode_job(StoredJob {
                     job_id: format!("{pass_id}.{n}"),
                     pass_id,
-                    record: &record,
+                    state,
+                    attempt,
+                    where_part: rest,
                     version: non_empty(version),
                     result: non_empty(result),
                     last_error: non_empty(last_error),
-                    state: Some(state),
                 })
                 .await?,
             );
@@ -220,17 +223,22 @@ impl JobStore for RedisStore {
             .query_async(&mut self.conn())
             .await?;
         let record = record.ok_or_else(not_found)?;
-        let (recorded, _, _) = split_record(&record)?;
+        let (recorded, attempt, where_part) = split_record(&record)?;
         let stopped = matches!(pass_state.as_deref(), Some("cancelled" | "failed"));
         let queued = matches!(recorded, JobState::Pending | JobState::Failed);
         self.decode_job(StoredJob {
             job_id: job_id.to_owned(),
             pass_id,
-            record: &record,
+            state: if stopped && queued {
+                JobState::Cancelled
+            } else {
+                recorded
+            },
+            attempt,
+            where_part,
             version: version.as_deref(),
             result: result.as_deref(),
             last_error: last_error.as_deref(),
-            state: (stopped && queued).then_some(JobState::Cancelled),
         })
         .await
     }
