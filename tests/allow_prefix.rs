@@ -12,7 +12,7 @@ use vidx_coordinator::Error;
 use vidx_coordinator::auth::Token;
 use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
 use vidx_coordinator::domain::{PassSpec, Sampling, Task};
-use vidx_coordinator::testing::RedisServer;
+use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "prefix-token";
 

@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Process, VIDX, start_coordinator};
-use vidx_coordinator::testing::RedisServer;
+use common::{VIDX, start_coordinator};
+use vidx_testkit::ChildGuard;
+use vidx_testkit::port::ClosedPort;
+use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "autoscale-token";
 
@@ -34,50 +34,36 @@ fn vidx(url: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Waits (at most 30 s) for the autoscaler to log a scaling to `to`; returns when it was seen
-/// and the `from` it logged.
-fn wait_for_scaling(events: &mpsc::Receiver<serde_json::Value>, to: u64) -> (Instant, u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = events
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no scaling to {to} within 30 s"));
-        if event["message"] == "workers scaled" && event["to"] == to {
-            return (Instant::now(), event["from"].as_u64().unwrap());
-        }
-    }
+/// A log event of the autoscaler (its JSON lines; anything else as a bare message).
+fn event(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({ "message": text }))
 }
 
-/// Starts `vidx autoscale ARGS` with JSON logs; its log events arrive on the receiver.
-fn autoscaler(
-    url: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (Process, mpsc::Receiver<serde_json::Value>) {
-    let mut child = Command::new(VIDX)
-        .args(["--log-format", "json", "autoscale"])
-        .args(args)
-        .env("VIDX_COORDINATOR", url)
-        .env("VIDX_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vidx autoscale starts");
-    let stderr = child.stderr.take().unwrap();
-    let (sender, events) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let event = serde_json::from_str::<serde_json::Value>(&line)
-                .unwrap_or_else(|_| serde_json::json!({ "message": line }));
-            if sender.send(event).is_err() {
-                return;
-            }
-        }
-    });
-    (Process(child), events)
+/// Waits (at most 30 s) for the autoscaler to log a scaling to `to`; returns when it was seen
+/// and the `from` it logged.
+fn wait_for_scaling(autoscaler: &mut ChildGuard, to: u64) -> (Instant, u64) {
+    autoscaler
+        .wait_for_line("log a scaling", Duration::from_secs(30), |line| {
+            let event = event(&line.text);
+            (event["message"] == "workers scaled" && event["to"] == to)
+                .then(|| (Instant::now(), event["from"].as_u64().unwrap()))
+        })
+        .unwrap_or_else(|error| panic!("no scaling to {to}: {error}"))
+}
+
+/// Starts `vidx autoscale ARGS` with JSON logs (on stderr, read through the guard).
+fn autoscaler(url: &str, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
+    ChildGuard::spawn(
+        "vidx autoscale",
+        Command::new(VIDX)
+            .args(["--log-format", "json", "autoscale"])
+            .args(args)
+            .env("VIDX_COORDINATOR", url)
+            .env("VIDX_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied()),
+    )
+    .expect("vidx autoscale starts")
 }
 
 #[test]
@@ -90,7 +76,7 @@ fn dry_run_scales_with_the_queue_and_holds_before_scaling_down() {
     }
     let out = tempfile::tempdir().unwrap();
 
-    let (_autoscaler, events) = autoscaler(
+    let mut autoscaler = autoscaler(
         &url,
         &[
             "--dry-run",
@@ -117,12 +103,12 @@ fn dry_run_scales_with_the_queue_and_holds_before_scaling_down() {
             out.path().to_str().unwrap(),
         ],
     );
-    let (_, from) = wait_for_scaling(&events, 3);
+    let (_, from) = wait_for_scaling(&mut autoscaler, 3);
     assert_eq!(from, 0);
 
     let cancelled_at = Instant::now();
     vidx(&url, &["cancel", pass_id.trim()]);
-    let (scaled_down_at, from) = wait_for_scaling(&events, 0);
+    let (scaled_down_at, from) = wait_for_scaling(&mut autoscaler, 0);
     assert_eq!(from, 3);
     // The last reading that saw work may precede the cancel by up to one interval (1 s), so
     // the 3 s delay shows as at least 2 s here; without it the drop would come within a round.
@@ -141,14 +127,15 @@ fn an_unreachable_kubernetes_api_fails_rounds_not_the_autoscaler() {
     let (_coordinator, url) = start_coordinator(&redis.url(), TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let port = vidx_coordinator::testing::free_port().unwrap();
+    // An API server address that refuses connections for as long as the test runs.
+    let api_server = ClosedPort::reserve().unwrap();
     std::fs::write(
         &kubeconfig,
         format!(
             "apiVersion: v1
 kind: Config
 clusters:
-- cluster: {{server: 'https://127.0.0.1:{port}', insecure-skip-tls-verify: true}}
+- cluster: {{server: 'https://{}', insecure-skip-tls-verify: true}}
   name: local
 contexts:
 - context: {{cluster: local, namespace: media, user: robot}}
@@ -157,33 +144,32 @@ current-context: local
 users:
 - name: robot
   user: {{token: test-token}}
-"
+",
+            api_server.address()
         ),
     )
     .unwrap();
-    let (mut autoscaler, events) = autoscaler(
+    let mut autoscaler = autoscaler(
         &url,
         &["--deployment", "workers", "--interval-secs", "1"],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
-    let mut failed_rounds = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while failed_rounds < 2 {
-        let event = events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("two failed rounds within 30 s");
-        let text = event.to_string();
-        assert!(!text.contains("panicked"), "{text}");
-        if event["message"] == "autoscaling round failed" {
-            assert!(
-                text.contains("reading the scale of deployment workers"),
-                "{text}"
-            );
-            failed_rounds += 1;
-        }
+    for _ in 0..2 {
+        autoscaler
+            .wait_for_line("fail a round", Duration::from_secs(30), |line| {
+                let text = line.text.as_str();
+                assert!(!text.contains("panicked"), "{text}");
+                (event(text)["message"] == "autoscaling round failed").then(|| {
+                    assert!(
+                        text.contains("reading the scale of deployment workers"),
+                        "{text}"
+                    );
+                })
+            })
+            .expect("two failed rounds within 30 s each");
     }
     assert!(
-        autoscaler.0.try_wait().unwrap().is_none(),
+        autoscaler.try_status().unwrap().is_none(),
         "the autoscaler keeps running"
     );
 }

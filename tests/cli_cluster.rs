@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{VIDX, ffmpeg_clip, start_coordinator};
-use vidx_coordinator::testing::RedisServer;
+use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "cli-token";
 

@@ -9,16 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use common::{Process, VIDX, ffmpeg_clip, tool, wait_for_port};
-use vidx_coordinator::testing::free_port;
+use common::{VIDX, ffmpeg_clip};
+use vidx_testkit::azurite::Azurite;
+use vidx_testkit::gcs::FakeGcs;
 use vidx_testkit::s3::S3Server;
-
-/// The well-known development account of the Azure Storage emulator.
-const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 fn fixture_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen2_5_vl/tiny-realvocab")
@@ -124,38 +120,19 @@ fn a_pass_from_s3_writes_its_index_to_s3() {
 
 #[test]
 fn a_pass_from_azure_writes_its_index_to_azure() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let _azurite = Process(
-        Command::new(tool("azurite-blob"))
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(data.path())
-            .args(["--silent", "--skipApiVersionCheck", "--loose"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("azurite starts (run scripts/setup.sh)"),
-    );
-    wait_for_port(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let azurite = Azurite::start().expect("azurite starts (run scripts/setup.sh)");
     // Containers and the corpus are put in place with Microsoft's own SDK.
     let local = tempfile::tempdir().unwrap();
     corpus(local.path());
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("venv/bin/python");
     let seeded = Command::new(&python)
         .args(["-c", SEED_AZURE])
-        .arg(format!(
-            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};\
-             BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
-        ))
+        .arg(azurite.connection_string())
         .arg(local.path())
         .status()
         .expect("the repository venv has Python (run scripts/setup.sh)");
     assert!(seeded.success());
-    let env = vec![
-        ("AZURE_STORAGE_USE_EMULATOR".to_owned(), "true".to_owned()),
-        ("AZURITE_BLOB_STORAGE_URL".to_owned(), endpoint),
-    ];
+    let env = azurite.env();
     index_search_report(&env, "az://videos/corpus/", "az://index/run1/");
     // A missing container is a clear planning error, not a hang or a panic.
     let model = fixture_model();
@@ -190,26 +167,8 @@ fn a_pass_reads_and_plans_from_gcs() {
     let data = tempfile::tempdir().unwrap();
     // fake-gcs-server serves each directory of its data directory as a bucket.
     corpus(&data.path().join("videos/corpus"));
-    let port = free_port().unwrap();
-    let host = format!("127.0.0.1:{port}");
-    let _gcs = Process(
-        Command::new(tool("fake-gcs-server"))
-            .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
-            .arg(port.to_string())
-            .args(["-backend", "memory", "-log-level", "error", "-public-host"])
-            .arg(&host)
-            .arg("-data")
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fake-gcs-server starts (run scripts/setup.sh)"),
-    );
-    wait_for_port(port);
-    let env = vec![
-        ("GOOGLE_BASE_URL".to_owned(), format!("http://{host}")),
-        ("GOOGLE_SKIP_SIGNATURE".to_owned(), "true".to_owned()),
-    ];
+    let gcs = FakeGcs::start(data.path()).expect("fake-gcs-server starts (run scripts/setup.sh)");
+    let env = gcs.env();
 
     // Probing and frames read through GCS match reading the same file locally.
     let local_clip = data.path().join("videos/corpus/clip.mp4");

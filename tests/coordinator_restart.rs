@@ -2,86 +2,43 @@
 //! checks the pass finishes with nothing lost: held leases stay valid, every job is done once.
 //! Also scrapes `/metrics` from the real process.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use vidx::bench::{drive, submit_and_plan, write_manifest};
 use vidx_coordinator::auth::Token;
 use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
 use vidx_coordinator::domain::{Completion, PassState};
-use vidx_coordinator::testing::{RedisServer, free_port};
+use vidx_testkit::redis::RedisServer;
+use vidx_testkit::vidx::{CoordinatorOptions, VidxCoordinator};
 
-/// A coordinator child process, killed by its pid when dropped.
-struct CoordinatorProcess {
-    child: Child,
-    url: String,
-    metrics_port: u16,
+const TOKEN: &str = "restart-token";
+
+/// Starts a coordinator process with `/metrics`, allowing where these tests keep manifests and
+/// write and the buckets they plan from; `env` is added to its environment.
+fn start_coordinator(redis_url: &str, env: &[(String, String)]) -> VidxCoordinator {
+    let options = CoordinatorOptions {
+        redis_url: Some(redis_url.to_owned()),
+        token: Some(TOKEN.to_owned()),
+        allow_prefixes: ["file:///tmp/", "s3://media/", "s3://no-such-bucket/"]
+            .map(String::from)
+            .to_vec(),
+        metrics: true,
+        env: env.to_vec(),
+    };
+    VidxCoordinator::start(Path::new(env!("CARGO_BIN_EXE_vidx")), &options)
+        .unwrap_or_else(|error| panic!("vidx coordinator starts: {error}"))
 }
 
-impl CoordinatorProcess {
-    async fn start(redis_url: &str) -> CoordinatorProcess {
-        Self::start_with_env(redis_url, &[]).await
-    }
-
-    async fn start_with_env(redis_url: &str, env: &[(String, String)]) -> CoordinatorProcess {
-        let port = free_port().unwrap();
-        let metrics_port = free_port().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vidx"))
-            .args([
-                "coordinator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--redis",
-                redis_url,
-            ])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            // Where these tests keep manifests and write, and the buckets they plan from.
-            .args([
-                "--allow-prefix",
-                "file:///tmp/",
-                "--allow-prefix",
-                "s3://media/",
-            ])
-            .args(["--allow-prefix", "s3://no-such-bucket/"])
-            .env("VIDX_TOKEN", "restart-token")
-            .env("RUST_LOG", "warn")
-            .envs(
-                env.iter()
-                    .map(|(key, value)| (key.as_str(), value.as_str())),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("vidx binary starts");
-        let process = CoordinatorProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            metrics_port,
-        };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if CoordinatorClient::connect(&process.config()).await.is_ok() {
-                return process;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("coordinator did not come up in 30 s");
-    }
-
-    fn config(&self) -> ClientConfig {
-        ClientConfig::new(self.url.clone(), Some(Token::new("restart-token").unwrap()))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn config(coordinator: &VidxCoordinator) -> ClientConfig {
+    ClientConfig::new(coordinator.url(), Some(Token::new(TOKEN).unwrap()))
 }
 
-impl Drop for CoordinatorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn metrics_port(coordinator: &VidxCoordinator) -> u16 {
+    coordinator
+        .metrics_address()
+        .expect("started with metrics")
+        .port()
 }
 
 async fn scrape(port: u16) -> String {
@@ -101,8 +58,8 @@ async fn scrape(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_coordinator_loses_nothing() {
     let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
-    let mut first = CoordinatorProcess::start(&redis.url()).await;
-    let mut client = CoordinatorClient::connect(&first.config()).await.unwrap();
+    let mut first = start_coordinator(&redis.url(), &[]);
+    let mut client = CoordinatorClient::connect(&config(&first)).await.unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let manifest = write_manifest(scratch.path(), 300).unwrap();
     let pass_id = submit_and_plan(&mut client, &manifest, "file:///tmp/vidx-restart-out/")
@@ -110,14 +67,14 @@ async fn killed_coordinator_loses_nothing() {
         .unwrap();
 
     // Some work done, some leases held when the coordinator dies.
-    let partial = drive(&first.config(), 4, 10, 100, Duration::from_secs(120))
+    let partial = drive(&config(&first), 4, 10, 100, Duration::from_secs(120))
         .await
         .unwrap();
     assert!(partial.completed >= 100);
     let held = client.lease("survivor", 20, 600_000).await.unwrap();
     assert_eq!(held.len(), 20);
 
-    let metrics = scrape(first.metrics_port).await;
+    let metrics = scrape(metrics_port(&first)).await;
     assert!(metrics.contains("vidx_queue_depth"), "{metrics}");
     assert!(
         metrics.contains(&format!(
@@ -130,8 +87,8 @@ async fn killed_coordinator_loses_nothing() {
     // reports the same number, so a query takes max over replicas, not sum.
     let outstanding = format!("vidx_outstanding_jobs {}", 300 - partial.completed);
     assert!(metrics.contains(&outstanding), "{outstanding}: {metrics}");
-    let replica = CoordinatorProcess::start(&redis.url()).await;
-    let replica_metrics = scrape(replica.metrics_port).await;
+    let replica = start_coordinator(&redis.url(), &[]);
+    let replica_metrics = scrape(metrics_port(&replica)).await;
     assert!(
         replica_metrics.contains(&outstanding),
         "{outstanding}: {replica_metrics}"
@@ -139,8 +96,8 @@ async fn killed_coordinator_loses_nothing() {
     drop(replica);
 
     first.kill();
-    let second = CoordinatorProcess::start(&redis.url()).await;
-    let mut client = CoordinatorClient::connect(&second.config()).await.unwrap();
+    let second = start_coordinator(&redis.url(), &[]);
+    let mut client = CoordinatorClient::connect(&config(&second)).await.unwrap();
     let status = client.status(&pass_id).await.unwrap();
     assert_eq!(status.counts.total(), 300, "every job survived the restart");
     assert_eq!(status.counts.leased, 20);
@@ -153,7 +110,7 @@ async fn killed_coordinator_loses_nothing() {
             .unwrap();
     }
     let rest = 300 - partial.completed - 20;
-    let report = drive(&second.config(), 4, 10, rest, Duration::from_secs(120))
+    let report = drive(&config(&second), 4, 10, rest, Duration::from_secs(120))
         .await
         .unwrap();
     assert_eq!(report.completed, rest);
@@ -183,8 +140,8 @@ async fn plans_an_s3_prefix_with_credentials_from_the_environment() {
         .into_iter()
         .map(|(key, value)| (key.to_uppercase(), value))
         .collect();
-    let coordinator = CoordinatorProcess::start_with_env(&redis.url(), &env).await;
-    let mut client = CoordinatorClient::connect(&coordinator.config())
+    let coordinator = start_coordinator(&redis.url(), &env);
+    let mut client = CoordinatorClient::connect(&config(&coordinator))
         .await
         .unwrap();
     let pass_id = submit_and_plan(&mut client, "s3://media/videos/", "s3://media/index/")

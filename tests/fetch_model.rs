@@ -9,16 +9,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::VIDX;
+use vidx_testkit::port::ClosedPort;
 
 fn fetch(cache: &Path, link: &Path, hub_id: &str) -> Output {
-    let closed = vidx_coordinator::testing::free_port().unwrap();
+    // A hub endpoint that refuses connections.
+    let closed = ClosedPort::reserve().unwrap();
     Command::new(VIDX)
         .args(["fetch-model", hub_id, "--revision", "main"])
         .arg("--cache-dir")
         .arg(cache)
         .arg("--link")
         .arg(link)
-        .args(["--endpoint", &format!("http://127.0.0.1:{closed}")])
+        .args(["--endpoint", &closed.http_url()])
         .env("RUST_LOG", "warn")
         .env_remove("HF_TOKEN")
         .output()

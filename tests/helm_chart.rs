@@ -7,12 +7,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::helm::{IMAGE, env, named, of_kind, render, run_helm};
-use common::{Process, VIDX, ffmpeg_clip, start_coordinator};
-use vidx_coordinator::testing::RedisServer;
+use common::{VIDX, ffmpeg_clip, start_coordinator};
+use vidx_testkit::ChildGuard;
+use vidx_testkit::port::ClosedPort;
+use vidx_testkit::redis::RedisServer;
+use vidx_testkit::vidx::start_worker;
 use vidx_worker::evidence::ModerationPolicy;
 
 const POLICY: &str = "categories:
@@ -262,8 +265,9 @@ fn autoscaling_runs_vidx_autoscale_with_least_privilege() {
             command.env(name, value);
         }
     }
+    let absent = ClosedPort::reserve().unwrap();
     let output = command
-        .env("VIDX_COORDINATOR", "http://127.0.0.1:9")
+        .env("VIDX_COORDINATOR", absent.http_url())
         .env("VIDX_TOKEN", "t")
         .output()
         .unwrap();
@@ -299,31 +303,23 @@ fn run_cronjob_script(script: &str, policy: &Path, coordinator: &str, job_name: 
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .env("PATH", path)
-        .env("RUN_KEY", job_name)
-        .env("VIDX_COORDINATOR", coordinator)
-        .env("VIDX_TOKEN", "chart-token")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!("the CronJob script did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let output = ChildGuard::spawn(
+        "the CronJob script",
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .env("RUN_KEY", job_name)
+            .env("VIDX_COORDINATOR", coordinator)
+            .env("VIDX_TOKEN", "chart-token")
+            .env("RUST_LOG", "warn"),
+    )
+    .and_then(|mut script| script.wait_finished(Duration::from_secs(180)))
+    .unwrap_or_else(|error| panic!("{error}"));
+    let stdout = output.stdout;
     assert!(
         output.status.success(),
         "CronJob script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        output.stderr
     );
     stdout
 }
@@ -360,19 +356,23 @@ fn moderation_cronjob_runs_a_pass_and_writes_its_manifest() {
 
     let redis = RedisServer::start().unwrap();
     let (_coordinator, coordinator_url) = start_coordinator(&redis.url(), "chart-token");
-    let _worker = Process(
-        Command::new(VIDX)
-            .args(["worker", "--model", model.to_str().unwrap()])
-            .args(["--max-new-tokens", "8", "--min-pixels", "3136"])
-            .args(["--max-pixels", "12544"])
-            .env("VIDX_COORDINATOR", &coordinator_url)
-            .env("VIDX_TOKEN", "chart-token")
-            .env("VIDX_MODEL_ID", env(container, "VIDX_MODEL_ID").unwrap())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _worker = start_worker(
+        Path::new(VIDX),
+        &coordinator_url,
+        "chart-token",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+            "--min-pixels",
+            "3136",
+            "--max-pixels",
+            "12544",
+        ],
+        &[("VIDX_MODEL_ID", env(container, "VIDX_MODEL_ID").unwrap())],
+    )
+    .expect("vidx worker starts");
 
     let first = run_cronjob_script(script, &policy_file, &coordinator_url, "hourly-29000000");
     let pass_id = first

@@ -12,8 +12,8 @@ use vidx_coordinator::domain::{JobState, PassState};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{RedisStore, RetryPolicy};
-use vidx_coordinator::testing::RedisServer;
 use vidx_proto::v1 as pb;
+use vidx_testkit::redis::RedisServer;
 
 async fn redis_coordinator(server: &RedisServer) -> Coordinator {
     let store = RedisStore::connect(&server.url(), "vidx", RetryPolicy::default())

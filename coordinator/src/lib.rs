@@ -18,7 +18,5 @@ pub mod planner;
 pub mod server;
 pub mod service;
 pub mod store;
-#[cfg(feature = "testsuite")]
-pub mod testing;
 
 pub use error::{Error, Result};

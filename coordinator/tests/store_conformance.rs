@@ -17,7 +17,7 @@ mod redis {
     use std::sync::Arc;
 
     use vidx_coordinator::store::{JobStore, RedisStore, conformance::RETRY};
-    use vidx_coordinator::testing::RedisServer;
+    use vidx_testkit::redis::RedisServer;
 
     async fn make() -> (Arc<dyn JobStore>, RedisServer) {
         let server = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
@@ -34,7 +34,7 @@ mod redis {
 mod redis_layout {
     use vidx_coordinator::domain::{Completion, NewJob, PassSpec, Sampling, Task};
     use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, conformance::RETRY};
-    use vidx_coordinator::testing::RedisServer;
+    use vidx_testkit::redis::RedisServer;
 
     const T0: i64 = 1_700_000_000_000;
 

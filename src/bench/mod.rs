@@ -16,7 +16,7 @@ use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{RedisStore, RetryPolicy};
-use vidx_coordinator::testing::RedisServer;
+use vidx_testkit::redis::RedisServer;
 
 use crate::cli::QueueBenchArgs;
 

@@ -19,7 +19,7 @@ use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, RetryPolicy};
-use vidx_coordinator::testing::{RedisOptions, RedisServer};
+use vidx_testkit::redis::{RedisOptions, RedisServer};
 
 use super::{
     CompletionFor, drive_with, redis_benchmark, start_coordinator_with, submit_and_plan_within,

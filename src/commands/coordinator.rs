@@ -117,6 +117,12 @@ pub async fn run(
         ),
         None => None,
     };
+    // The bound addresses, on stdout: supervisors (and the test kit) listen on port 0 and read
+    // them back. Metrics first, so the gRPC line means both are bound.
+    if let Some(metrics_listener) = &metrics_listener {
+        println!("metrics listening on {}", metrics_listener.local_addr()?);
+    }
+    println!("grpc listening on {}", listener.local_addr()?);
     let coordinator = Coordinator::new(store, Metrics::new()).with_access(config.access);
     vidx_coordinator::server::run(
         coordinator,

@@ -8,11 +8,12 @@
 mod evidence_support;
 
 use std::io::Cursor;
-use std::process::Command;
+use std::time::Duration;
 
 use bytes::Bytes;
 use evidence_support::{MODERATION_POLICY, clocks, header};
 use image::{ImageFormat, Rgb, RgbImage};
+use vidx_testkit::chromium::Chromium;
 use vidx_worker::evidence::document::VideoDocumentBuilder;
 use vidx_worker::evidence::report::{FRAME_DISPLAY_WIDTH, write_report};
 use vidx_worker::evidence::store::EncodedImage;
@@ -20,24 +21,6 @@ use vidx_worker::evidence::{EvidenceIndex, ModerationPolicy, Rotation, Task};
 
 const TEAL: [u8; 3] = [0, 128, 128];
 const MAGENTA: [u8; 3] = [255, 0, 255];
-
-fn chromium() -> String {
-    if let Ok(path) = std::env::var("VIDX_CHROMIUM") {
-        return path;
-    }
-    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(candidate)
-            .arg("--version")
-            .output()
-            .is_ok_and(|output| output.status.success())
-        {
-            return candidate.to_owned();
-        }
-    }
-    panic!(
-        "no chromium found: run scripts/setup.sh (installs the Debian package chromium) or set VIDX_CHROMIUM"
-    );
-}
 
 fn near(pixel: &Rgb<u8>, color: [u8; 3], tolerance: u8) -> bool {
     pixel
@@ -127,32 +110,17 @@ async fn boxes_are_drawn_where_the_index_says() -> anyhow::Result<()> {
     assert!(!html.contains("src=\"http"), "self-contained");
 
     let screenshot = dir.path().join("shot.png");
-    let profile = dir.path().join("profile");
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-            "--window-size=1000,1400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", screenshot.display()))
-        .arg(format!("file://{}", html_path.display()))
-        .output()?;
+    let output = Chromium::find()?.screenshot(
+        &html_path,
+        &screenshot,
+        (1000, 1400),
+        Duration::from_secs(120),
+    )?;
     assert!(
         screenshot.exists(),
         "chromium wrote no screenshot: {}\n{}",
         output.status,
-        String::from_utf8_lossy(&output.stderr)
+        output.stderr
     );
     let shot = image::open(&screenshot)?.to_rgb8();
 
