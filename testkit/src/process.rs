@@ -306,3 +306,103 @@ pub fn tool(name: &str) -> Result<PathBuf> {
         hint: "run scripts/setup.sh",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str) -> ChildGuard {
+        ChildGuard::spawn("sh", Command::new("sh").args(["-c", script])).unwrap()
+    }
+
+    #[test]
+    fn drop_kills_and_reaps_the_process() {
+        let guard = shell("exec sleep 600");
+        let proc_entry = PathBuf::from(format!("/proc/{}", guard.pid()));
+        assert!(proc_entry.exists());
+        drop(guard);
+        // Reaped, so not even a zombie is left under its pid.
+        assert!(!proc_entry.exists());
+    }
+
+    #[test]
+    fn waiting_reads_lines_from_both_streams() {
+        let mut guard = shell("echo one; echo 'port 4242' >&2; exec sleep 600");
+        let port = guard
+            .wait_for_line("report a port", Duration::from_secs(20), |line| {
+                (line.stream == Stream::Stderr)
+                    .then(|| line.text.strip_prefix("port ")?.parse::<u16>().ok())
+                    .flatten()
+            })
+            .unwrap();
+        assert_eq!(port, 4242);
+        // The two pipes are read on two threads: each keeps its order, not their interleaving.
+        let log = guard.log();
+        assert!(log.contains("one") && log.contains("port 4242"), "{log}");
+    }
+
+    #[test]
+    fn an_early_exit_is_an_error_with_status_and_output() {
+        let mut guard = shell("echo starting; echo 'no such folder' >&2; exit 3");
+        match guard.wait_for_line("start", Duration::from_secs(20), |_| None::<()>) {
+            Err(Error::Exited { name, status, log }) => {
+                assert_eq!(name, "sh");
+                assert_eq!(status.code(), Some(3));
+                assert!(
+                    log.contains("starting") && log.contains("no such folder"),
+                    "{log}"
+                );
+            }
+            other => panic!("expected an early exit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_process_times_out_and_is_killed() {
+        let mut guard = shell("echo waiting; exec sleep 600");
+        let error = guard
+            .wait_for_line("say ready", Duration::from_millis(300), |line| {
+                (line.text == "ready").then_some(())
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::TimedOut { what: "say ready", log, .. } if log == "waiting"),
+            "{error}"
+        );
+        assert!(
+            guard.try_status().unwrap().is_some(),
+            "killed at the deadline"
+        );
+        let error = shell("exec sleep 600")
+            .wait_finished(Duration::from_millis(300))
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::TimedOut { what: "finish", .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_finished_run_keeps_its_streams_apart() {
+        let finished = shell("echo out; echo err >&2; echo more; exit 1")
+            .wait_finished(Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(finished.status.code(), Some(1));
+        assert_eq!(finished.stdout, "out\nmore\n");
+        assert_eq!(finished.stderr, "err\n");
+    }
+
+    #[test]
+    fn a_missing_program_says_what_installs_it() {
+        let error =
+            find_program(&["vidx-no-such-program"], "VIDX_NO_SUCH", &[], "run setup").unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("vidx-no-such-program not found"),
+            "{message}"
+        );
+        assert!(message.contains("run setup"), "{message}");
+        let error = ChildGuard::spawn("x", &mut Command::new("/nonexistent/program")).unwrap_err();
+        assert!(matches!(error, Error::Spawn { .. }), "{error}");
+    }
+}
