@@ -6,10 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vidx::bench::{drive, submit_and_plan, write_manifest};
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{Completion, PassState};
 use vidx_coordinator::testing::{RedisServer, free_port};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{Completion, PassState};
 
 /// A coordinator child process, killed by its pid when dropped.
 struct CoordinatorProcess {
@@ -140,7 +140,7 @@ async fn killed_coordinator_loses_nothing() {
 
     first.kill();
     let second = CoordinatorProcess::start(&redis.url()).await;
-    let mut client = CoordinatorClient::connect(&second.config()).await.unwrap();
+    let client = CoordinatorClient::connect(&second.config()).await.unwrap();
     let status = client.status(&pass_id).await.unwrap();
     assert_eq!(status.counts.total(), 300, "every job survived the restart");
     assert_eq!(status.counts.leased, 20);

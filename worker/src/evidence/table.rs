@@ -35,7 +35,7 @@ pub struct ClaimRow {
     pub model_id: String,
     /// Model revision.
     pub model_revision: String,
-    /// Task hash.
+    /// QuestionPlan hash.
     pub task_hash: String,
     /// Segment index.
     pub segment_index: i64,
@@ -96,7 +96,7 @@ pub struct AnswerRow {
     pub model_id: String,
     /// Model revision.
     pub model_revision: String,
-    /// Task hash.
+    /// QuestionPlan hash.
     pub task_hash: String,
     /// Segment index.
     pub segment_index: i64,

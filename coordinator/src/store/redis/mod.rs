@@ -34,12 +34,12 @@ use super::{
     Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state, page_token,
     segment_jobs, throughput, validate_segments,
 };
-use crate::domain::{
+use crate::error::{Error, Result};
+use crate::store::memory::{jobs_scope, new_pass_id};
+use vidx_core::domain::{
     Completed, Completion, ErrorReport, FailOutcome, Heartbeat, Job, JobCounts, JobState,
     LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
 };
-use crate::error::{Error, Result};
-use crate::store::memory::{jobs_scope, new_pass_id};
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
