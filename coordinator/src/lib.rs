@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod planner;
 pub mod server;
 pub mod service;
+#[cfg(feature = "testsuite")]
+pub mod source_conformance;
 pub mod store;
 #[cfg(feature = "testsuite")]
 pub mod testing;

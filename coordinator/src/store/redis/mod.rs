@@ -398,6 +398,17 @@ fn checked(reply: Vec<String>, subject: impl FnOnce() -> String) -> Result<Vec<S
     }
 }
 
+/// [`checked`] for a script about one job: not found names the job, a stale lease carries its id.
+fn checked_job(reply: Vec<String>, job_id: &str) -> Result<Vec<String>> {
+    match checked(reply, || format!("job {job_id}")) {
+        Err(Error::StaleLease { state, .. }) => Err(Error::StaleLease {
+            job_id: job_id.to_owned(),
+            state,
+        }),
+        other => other,
+    }
+}
+
 fn decode_pass_spec(raw: Option<&String>) -> Result<PassSpec> {
     let raw = raw.ok_or_else(|| Error::Corrupt("pass has no spec".into()))?;
     serde_json::from_str(raw).map_err(|error| Error::Corrupt(format!("pass spec: {error}")))
