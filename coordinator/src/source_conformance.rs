@@ -137,7 +137,10 @@ pub async fn heartbeat(fixture: SourceFixture) {
         .await
         .unwrap();
     assert!(!beat.cancelled);
-    assert!(beat.deadline_ms > job.deadline_ms + 30_000, "{beat:?} vs {job:?}");
+    assert!(
+        beat.deadline_ms > job.deadline_ms + 30_000,
+        "{beat:?} vs {job:?}"
+    );
 }
 
 /// A cancelled pass is seen at the next heartbeat, as a flag rather than an error.
@@ -198,7 +201,13 @@ pub async fn complete(fixture: SourceFixture) {
         .complete(&job.job.job_id, &job.lease_id, &completion)
         .await;
     assert!(
-        matches!(&again, Err(Error::StaleLease { state: JobState::Done, .. })),
+        matches!(
+            &again,
+            Err(Error::StaleLease {
+                state: JobState::Done,
+                ..
+            })
+        ),
         "{again:?}"
     );
 }
@@ -360,7 +369,13 @@ pub async fn split(fixture: SourceFixture) {
     parts.sort_by(|a, b| a.job.spec.start_s.total_cmp(&b.job.spec.start_s));
     let ranges: Vec<(f64, f64, bool)> = parts
         .iter()
-        .map(|part| (part.job.spec.start_s, part.job.spec.end_s, part.job.spec.probe))
+        .map(|part| {
+            (
+                part.job.spec.start_s,
+                part.job.spec.end_s,
+                part.job.spec.probe,
+            )
+        })
         .collect();
     assert_eq!(ranges, [(0.0, 10.0, false), (10.0, 15.5, false)]);
     for part in &parts {

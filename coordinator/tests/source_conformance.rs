@@ -80,7 +80,13 @@ mod over_grpc {
             source: Arc::new(client),
             coordinator,
         };
-        (fixture, Served { stop, _redis: redis })
+        (
+            fixture,
+            Served {
+                stop,
+                _redis: redis,
+            },
+        )
     }
 
     vidx_coordinator::job_source_conformance!(make());

@@ -165,6 +165,7 @@ async fn run_one(
     job: LeasedJob,
     tally: &mut Tally,
 ) -> Result<()> {
+    info!(lease_id = %job.lease_id, deadline_ms = job.deadline_ms, "job leased");
     let cancel = CancelFlag::default();
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(
