@@ -35,7 +35,8 @@
 
 pub mod document;
 pub mod mapping;
-pub mod parse;
+pub mod parquet_file;
+pub use vidx_evidence_parser as parse;
 pub mod report;
 pub mod search;
 pub mod store;

@@ -30,10 +30,8 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity};
-use super::table::{
-    AnswerRow, ClaimRow, answers_to_parquet, claims_to_parquet, from_jsonl, rows_for_document,
-    to_jsonl,
-};
+use super::parquet_file::{answers_to_parquet, claims_to_parquet};
+use super::table::{AnswerRow, ClaimRow, from_jsonl, rows_for_document, to_jsonl};
 use super::task::{QuestionPlan, hex};
 use super::{Error, Result};
 
