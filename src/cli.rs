@@ -241,16 +241,16 @@ pub struct PassArgs {
     #[arg(long)]
     pub question: Vec<String>,
     /// Frames per second to sample.
-    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_FPS)]
+    #[arg(long, default_value_t = vidx_core::domain::DEFAULT_FPS)]
     pub fps: f64,
     /// Most frames per segment.
-    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_MAX_FRAMES)]
+    #[arg(long, default_value_t = vidx_core::domain::DEFAULT_MAX_FRAMES)]
     pub max_frames: u32,
     /// Segment length in seconds.
-    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_SEGMENT_SECS)]
+    #[arg(long, default_value_t = vidx_core::domain::DEFAULT_SEGMENT_SECS)]
     pub segment_secs: f64,
     /// Attempts per job before it is dead.
-    #[arg(long, default_value_t = vidx_coordinator::domain::DEFAULT_MAX_ATTEMPTS)]
+    #[arg(long, default_value_t = vidx_core::domain::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
     /// Submitting again with the same key returns the same pass.
     #[arg(long)]
@@ -318,7 +318,7 @@ pub struct WorkerArgs {
     /// This worker's name (the pod name in Kubernetes).
     #[arg(long, env = "VIDX_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Lease duration in seconds; heartbeats renew it every third.
+    /// Lease duration in seconds, 5 to 3600; heartbeats renew it every third.
     #[arg(long, env = "VIDX_LEASE_SECS", default_value_t = 300)]
     pub lease_secs: u64,
     /// Exit when no work is left instead of waiting for more.
@@ -411,7 +411,7 @@ pub struct JobsArgs {
     pub pass_id: String,
     /// Only jobs in this state (pending, leased, done, failed, dead, cancelled).
     #[arg(long)]
-    pub state: Option<String>,
+    pub state: Option<vidx_core::domain::JobState>,
     /// Most jobs to show.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,

@@ -2,6 +2,8 @@
 //! coordinator and worker libraries. Kept as a library so integration tests can call the same
 //! code paths the binary runs.
 
+#![warn(missing_docs)]
+
 pub mod autoscale;
 pub mod bench;
 pub mod cli;

@@ -30,10 +30,10 @@ fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Coordinator(args) => {
-            coordinator::run(args.into_config()?, shutdown_signal()).await
+            coordinator::run(args.into_config()?, shutdown_token().cancelled_owned()).await
         }
-        Command::Index(args) => worker::index(args).await,
-        Command::Worker(args) => worker::worker(args, shutdown_signal()).await,
+        Command::Index(args) => worker::index(args, shutdown_token()).await,
+        Command::Worker(args) => worker::worker(args, shutdown_token()).await,
         Command::Submit(args) => passes::submit(args).await,
         Command::Finalize(args) => worker::finalize(args).await,
         Command::Status(args) => passes::status(args).await,
@@ -46,7 +46,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ask(args) => ask::ask(args).await,
         Command::Search(args) => print(evidence::search(&args).await?),
         Command::Report(args) => print(evidence::report(&args).await?),
-        Command::Autoscale(args) => autoscale(args).await,
+        Command::Autoscale(args) => autoscale(args, shutdown_token()).await,
         Command::FetchModel(args) => fetch_model::fetch_model(args).await,
         Command::Bench(BenchCommand::Queue(args)) => vidx::bench::queue(args.into_config()?).await,
         Command::Bench(BenchCommand::Scale(args)) => {
@@ -56,7 +56,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// `vidx autoscale`: until SIGTERM.
-async fn autoscale(args: vidx::cli::AutoscaleArgs) -> anyhow::Result<()> {
+async fn autoscale(
+    args: vidx::cli::AutoscaleArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     use vidx::autoscale::{
         DeploymentScale, InMemoryReplicas, Leadership, LeaseLock, Replicas, SoleInstance,
     };
@@ -99,18 +102,13 @@ async fn autoscale(args: vidx::cli::AutoscaleArgs) -> anyhow::Result<()> {
                 Box::new(SoleInstance),
             ),
         };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
     vidx::autoscale::run(
         policy,
         std::time::Duration::from_secs(args.interval_secs),
         &mut client,
         replicas.as_mut(),
         leadership.as_mut(),
-        stopped,
+        shutdown,
     )
     .await
 }
@@ -125,6 +123,21 @@ fn print(text: String) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// The shutdown token of a long-running command: cancelled on Ctrl-C or SIGTERM, and handed to
+/// every loop the command runs. Short commands never install the handlers, so Ctrl-C still ends
+/// them at once.
+fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    shutdown
 }
 
 /// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).

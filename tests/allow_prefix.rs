@@ -8,10 +8,10 @@ mod common;
 use std::process::{Command, Output};
 
 use common::{VIDX, start_coordinator_allowing, temp_prefix};
-use vidx_coordinator::Error;
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{PassSpec, Sampling, Task};
+use vidx_core::Error;
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{PassSpec, Sampling, TaskSpec};
 use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "prefix-token";
@@ -20,18 +20,18 @@ fn spec(source: &str, destination: &str) -> PassSpec {
     PassSpec {
         source: source.into(),
         destination: destination.into(),
-        task: Task::default(),
+        task: TaskSpec::default(),
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
     }
 }
 
-/// The gRPC status a refused submission came back with.
-async fn refused(client: &mut CoordinatorClient, source: &str, destination: &str) -> tonic::Status {
+/// The message a submission refused with PERMISSION_DENIED came back with.
+async fn refused(client: &CoordinatorClient, source: &str, destination: &str) -> String {
     match client.submit(&spec(source, destination)).await {
-        Err(Error::Remote(status)) => status,
-        other => panic!("{source} -> {destination}: expected a gRPC error, got {other:?}"),
+        Err(Error::PermissionDenied(message)) => message,
+        other => panic!("{source} -> {destination}: expected permission denied, got {other:?}"),
     }
 }
 
@@ -53,45 +53,35 @@ async fn sources_and_destinations_outside_the_prefixes_are_denied() {
         TOKEN,
         &["s3://media/videos/", "s3://media/index"],
     );
-    let mut client = CoordinatorClient::connect(&ClientConfig::new(
+    let client = CoordinatorClient::connect(&ClientConfig::new(
         url.clone(),
         Some(Token::new(TOKEN).unwrap()),
     ))
     .await
     .unwrap();
 
-    let status = refused(&mut client, "s3://media/private/", "s3://media/index/").await;
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("source s3://media/private/"),
-        "{status:?}"
-    );
-    assert!(
-        status.message().contains("s3://media/videos/"),
-        "{status:?}"
-    );
+    let status = refused(&client, "s3://media/private/", "s3://media/index/").await;
+    assert!(status.contains("source s3://media/private/"), "{status:?}");
+    assert!(status.contains("s3://media/videos/"), "{status:?}");
 
     let status = refused(
-        &mut client,
+        &client,
         "s3://media/videos/",
         "s3://media/indexes-of-others/",
     )
     .await;
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("destination"), "{status:?}");
-    assert!(status.message().contains("s3://media/index/"), "{status:?}");
+    assert!(status.contains("destination"), "{status:?}");
+    assert!(status.contains("s3://media/index/"), "{status:?}");
 
     // Local files are not reachable through a coordinator that was given no file:// prefix.
-    let status = refused(&mut client, "file:///var/run/secrets/", "s3://media/index/").await;
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    refused(&client, "file:///var/run/secrets/", "s3://media/index/").await;
     // Nor by climbing out of an allowed prefix.
-    let status = refused(
-        &mut client,
+    refused(
+        &client,
         "s3://media/videos/../private/",
         "s3://media/index/",
     )
     .await;
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 
     // Inside the prefixes the pass is taken (planning it fails later: there is no S3 here).
     client

@@ -148,10 +148,10 @@ async fn a_scale_in_marks_idle_pods_to_go_first_and_keeps_busy_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_names_the_busy_workers() {
     use std::sync::Arc;
-    use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
     use vidx_coordinator::metrics::Metrics;
     use vidx_coordinator::service::Coordinator;
     use vidx_coordinator::store::{MemoryStore, RetryPolicy};
+    use vidx_core::client::{ClientConfig, CoordinatorClient};
 
     let coordinator = Coordinator::new(
         Arc::new(MemoryStore::new(RetryPolicy::default())),

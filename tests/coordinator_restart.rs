@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use vidx::bench::{drive, submit_and_plan, write_manifest};
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{Completion, PassState};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{Completion, PassState};
 use vidx_testkit::redis::RedisServer;
 use vidx_testkit::vidx::{CoordinatorOptions, VidxCoordinator};
 
@@ -97,7 +97,7 @@ async fn killed_coordinator_loses_nothing() {
 
     first.kill();
     let second = start_coordinator(&redis.url(), &[]);
-    let mut client = CoordinatorClient::connect(&config(&second)).await.unwrap();
+    let client = CoordinatorClient::connect(&config(&second)).await.unwrap();
     let status = client.status(&pass_id).await.unwrap();
     assert_eq!(status.counts.total(), 300, "every job survived the restart");
     assert_eq!(status.counts.leased, 20);

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tonic::Code;
 use vidx::bench::{drive, start_coordinator, submit_and_plan, write_manifest};
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{JobState, PassState};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{RedisStore, RetryPolicy};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{JobState, PassState};
 use vidx_proto::v1 as pb;
 use vidx_testkit::redis::RedisServer;
 
@@ -103,11 +103,9 @@ async fn requests_without_a_valid_token_are_unauthenticated() {
     assert_eq!(code, Code::Unauthenticated);
 
     let wrong = ClientConfig::new(url.clone(), Some(Token::new("wrong-token").unwrap()));
-    let mut wrong = CoordinatorClient::connect(&wrong).await.unwrap();
+    let wrong = CoordinatorClient::connect(&wrong).await.unwrap();
     match wrong.list_passes(10, None).await {
-        Err(vidx_coordinator::Error::Remote(status)) => {
-            assert_eq!(status.code(), Code::Unauthenticated)
-        }
+        Err(vidx_core::Error::Unauthenticated(_)) => {}
         other => panic!("wrong token accepted: {other:?}"),
     }
 
@@ -141,7 +139,7 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
         .connect()
         .await
         .unwrap();
-    let auth = vidx_coordinator::auth::AttachToken::new(Some(&token));
+    let auth = vidx_core::auth::AttachToken::new(Some(&token));
     let mut passes =
         pb::pass_service_client::PassServiceClient::with_interceptor(channel.clone(), auth.clone());
     let mut workers =
@@ -404,19 +402,19 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_round_trips_the_submitted_spec() {
-    use vidx_coordinator::domain::{PassSpec, Sampling, Task};
+    use vidx_core::domain::{PassSpec, Sampling, TaskSpec};
     let redis = RedisServer::start().unwrap();
     let (url, stop, server) = start_coordinator(redis_coordinator(&redis).await, None)
         .await
         .unwrap();
-    let mut client = CoordinatorClient::connect(&ClientConfig::new(url, None))
+    let client = CoordinatorClient::connect(&ClientConfig::new(url, None))
         .await
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let spec = PassSpec {
         source: write_manifest(scratch.path(), 3).unwrap(),
         destination: "file:///tmp/vidx-out/".into(),
-        task: Task::Questions {
+        task: TaskSpec::Questions {
             questions: vec!["where is the red car?".into(), "who speaks?".into()],
         },
         sampling: Sampling {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use url::Url;
 
-use crate::domain::{PassSpec, parse_store_url};
 use crate::error::{Error, Result};
+use vidx_core::domain::{PassSpec, parse_store_url};
 
 /// One allowed prefix: a parsed URL whose path ends with `/` (a directory-like prefix).
 #[derive(Debug, Clone, PartialEq)]
@@ -248,8 +248,8 @@ mod tests {
         let spec = |source: &str, destination: &str| PassSpec {
             source: source.into(),
             destination: destination.into(),
-            task: crate::domain::Task::default(),
-            sampling: crate::domain::Sampling::default(),
+            task: vidx_core::domain::TaskSpec::default(),
+            sampling: vidx_core::domain::Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,
         };

@@ -1,6 +1,9 @@
-//! The coordinator's error type, and the one place it is mapped to gRPC status codes.
+//! The coordinator's error type. It is the API's vocabulary ([`vidx_core::Error`]) plus what
+//! only the coordinator can run into (Redis); callers outside the coordinator only ever see the
+//! core error, through [`From<Error> for vidx_core::Error`], which is also the one road to a gRPC
+//! status.
 
-use crate::domain::JobState;
+use vidx_core::domain::JobState;
 
 /// Everything that can go wrong inside the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +42,9 @@ pub enum Error {
     /// Stored data could not be decoded: a bug or a foreign writer.
     #[error("corrupt stored record: {0}")]
     Corrupt(String),
-    /// A transport-level failure talking to another vidx service.
-    #[error("transport: {0}")]
-    Transport(String),
-    /// An error status returned by a remote vidx service.
-    #[error("{}", .0.message())]
-    Remote(tonic::Status),
+    /// A service the coordinator needs, other than Redis, failed; or serving itself failed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// `Result` with the coordinator's [`Error`].
@@ -63,8 +63,7 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::ObjectStore(_) => "object_store",
             Error::Corrupt(_) => "corrupt",
-            Error::Transport(_) => "transport",
-            Error::Remote(_) => "remote",
+            Error::Unavailable(_) => "unavailable",
         }
     }
 
@@ -74,23 +73,18 @@ impl Error {
             Error::Redis(error) => {
                 error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
             }
-            Error::Transport(_) => true,
-            Error::Remote(status) => matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
-            ),
+            Error::Unavailable(_) => true,
             _ => false,
         }
     }
 
-    /// Whether the coordinator rejected a call because the lease is no longer the job's, locally
-    /// (`StaleLease`) or over gRPC (`FAILED_PRECONDITION`).
-    pub fn is_lease_rejected(&self) -> bool {
-        match self {
-            Error::StaleLease { .. } => true,
-            Error::Remote(status) => status.code() == tonic::Code::FailedPrecondition,
-            _ => false,
-        }
+    /// Whether this is a fault of the coordinator or its store, worth a warning in the log
+    /// (as opposed to a caller's mistake, which the caller is told about).
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::Redis(_) | Error::Corrupt(_) | Error::Unavailable(_)
+        )
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -98,33 +92,45 @@ impl Error {
     }
 }
 
-impl From<Error> for tonic::Status {
+impl From<Error> for vidx_core::Error {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
+        use vidx_core::Error as Core;
         match error {
-            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            Error::NotFound(_) => tonic::Status::not_found(message),
-            Error::StaleLease { .. } | Error::FailedPrecondition(_) => {
-                tonic::Status::failed_precondition(message)
-            }
-            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
-            Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
-            Error::Redis(_) | Error::Transport(_) => tonic::Status::unavailable(message),
-            Error::ObjectStore(_) => tonic::Status::unavailable(message),
-            Error::Corrupt(_) => tonic::Status::internal(message),
-            Error::Remote(status) => status,
+            Error::InvalidArgument(message) => Core::InvalidArgument(message),
+            Error::NotFound(message) => Core::NotFound(message),
+            Error::StaleLease { job_id, state } => Core::StaleLease { job_id, state },
+            Error::FailedPrecondition(message) => Core::FailedPrecondition(message),
+            Error::Unauthenticated(message) => Core::Unauthenticated(message),
+            Error::PermissionDenied(message) => Core::PermissionDenied(message),
+            redis @ Error::Redis(_) => Core::Unavailable(redis.to_string()),
+            Error::ObjectStore(error) => Core::ObjectStore(error),
+            Error::Corrupt(message) => Core::Corrupt(message),
+            Error::Unavailable(message) => Core::Unavailable(message),
         }
     }
 }
 
-impl From<tonic::Status> for Error {
-    fn from(status: tonic::Status) -> Self {
-        Error::Remote(status)
+impl From<vidx_core::Error> for Error {
+    fn from(error: vidx_core::Error) -> Self {
+        use vidx_core::Error as Core;
+        match error {
+            Core::InvalidArgument(message) => Error::InvalidArgument(message),
+            Core::NotFound(message) => Error::NotFound(message),
+            Core::StaleLease { job_id, state } => Error::StaleLease { job_id, state },
+            Core::FailedPrecondition(message) => Error::FailedPrecondition(message),
+            Core::Unauthenticated(message) => Error::Unauthenticated(message),
+            Core::PermissionDenied(message) => Error::PermissionDenied(message),
+            Core::ObjectStore(error) => Error::ObjectStore(error),
+            Core::Corrupt(message) => Error::Corrupt(message),
+            other @ (Core::Unavailable(_) | Core::Transport(_) | Core::Remote { .. }) => {
+                Error::Unavailable(other.to_string())
+            }
+        }
     }
 }
 
-impl From<tonic::transport::Error> for Error {
-    fn from(error: tonic::transport::Error) -> Self {
-        Error::Transport(error.to_string())
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        vidx_core::Error::from(error).into()
     }
 }

@@ -10,7 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::domain::JobState;
+use vidx_core::domain::JobState;
 
 /// Every metric the coordinator exports, in its own registry.
 #[derive(Clone)]
@@ -29,7 +29,7 @@ pub struct Metrics {
     pub job_duration: HistogramVec,
     /// Job outcomes reported by workers, by outcome.
     pub job_outcomes: IntCounterVec,
-    /// Failed requests, by error label.
+    /// Failed gRPC requests, by method and error label.
     pub request_errors: IntCounterVec,
 }
 
@@ -76,8 +76,11 @@ impl Metrics {
         )
         .expect("valid");
         let request_errors = IntCounterVec::new(
-            Opts::new("request_errors_total", "failed requests by error kind"),
-            &["kind"],
+            Opts::new(
+                "request_errors_total",
+                "failed gRPC requests by method and error kind",
+            ),
+            &["method", "kind"],
         )
         .expect("valid");
         for collector in [
@@ -106,7 +109,7 @@ impl Metrics {
     }
 
     /// Sets the per-pass gauges from fresh counts, dropping passes no longer active.
-    pub fn set_pass_counts(&self, passes: &[(String, crate::domain::JobCounts)]) {
+    pub fn set_pass_counts(&self, passes: &[(String, vidx_core::domain::JobCounts)]) {
         self.jobs.reset();
         let mut depth = 0;
         let mut outstanding = 0;
@@ -136,7 +139,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::JobCounts;
+    use vidx_core::domain::JobCounts;
 
     #[test]
     fn outstanding_jobs_count_pending_leased_and_retrying() {

@@ -15,14 +15,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::access::AccessPolicy;
-use crate::domain::{NewJob, now_ms};
 use crate::error::{Error, Result};
-use crate::objects::{self, Location};
+use crate::service::Coordinator;
 use crate::store::{JobStore, PlanningPass};
+use vidx_core::domain::{NewJob, now_ms};
+use vidx_core::objects::{self, Location};
 
 /// Jobs written per store call.
 pub const BATCH: usize = 1_000;
@@ -33,24 +34,21 @@ const MAX_TRANSIENT_FAILURES: u32 = 5;
 /// How often the planner looks for passes left in planning by a replica that died.
 const SWEEP: Duration = Duration::from_secs(5);
 
-/// Runs until `shutdown` turns true: plans new passes when woken, and sweeps for passes whose
+/// Runs until `shutdown` is cancelled: plans new passes when woken, and sweeps for passes whose
 /// planner died. Manifest entries outside `access` fail their pass, naming the allowed prefixes.
-pub async fn run(
-    store: Arc<dyn JobStore>,
-    replica: String,
-    access: AccessPolicy,
-    wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(coordinator: Coordinator, replica: String, shutdown: CancellationToken) {
+    let store = Arc::clone(coordinator.store());
+    let access = coordinator.access().clone();
+    let wake = coordinator.planner_wake();
     let mut transient_failures: HashMap<String, u32> = HashMap::new();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         match store.planning_passes().await {
             Ok(passes) => {
                 for pass in passes {
-                    if *shutdown.borrow() {
+                    if shutdown.is_cancelled() {
                         return;
                     }
                     plan_one(
@@ -61,6 +59,7 @@ pub async fn run(
                         &mut transient_failures,
                     )
                     .await;
+                    coordinator.note_progress();
                 }
             }
             Err(error) => warn!(%error, "cannot read passes to plan"),
@@ -68,7 +67,7 @@ pub async fn run(
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(SWEEP) => {}
-            _ = shutdown.changed() => {}
+            () = shutdown.cancelled() => {}
         }
     }
 }
@@ -345,7 +344,7 @@ fn manifest_job(
             entry.url
         ))
     })?;
-    crate::domain::parse_store_url("manifest entry", resolved.as_str())
+    vidx_core::domain::parse_store_url("manifest entry", resolved.as_str())
         .map_err(|error| Error::invalid(format!("manifest {manifest} line {number}: {error}")))?;
     Ok(Some(NewJob {
         video_url: resolved.to_string(),

@@ -7,16 +7,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
-use crate::auth::{RequireToken, Token};
-use crate::domain::now_ms;
+use crate::auth::RequireToken;
 use crate::error::{Error, Result};
 use crate::grpc::{PassApi, WorkerApi};
 use crate::service::Coordinator;
+use vidx_core::auth::Token;
+use vidx_core::domain::now_ms;
 use vidx_proto::v1::pass_service_server::PassServiceServer;
 use vidx_proto::v1::worker_service_server::WorkerServiceServer;
 
@@ -67,10 +68,10 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stop_sender, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let address = listener
         .local_addr()
-        .map_err(|error| Error::Transport(error.to_string()))?;
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
     if config.auth_token.is_none() {
         warn!("no auth token configured: every gRPC call is accepted unauthenticated");
     }
@@ -96,10 +97,8 @@ pub async fn run(
         ));
     }
     background.spawn(crate::planner::run(
-        std::sync::Arc::clone(coordinator.store()),
+        coordinator.clone(),
         config.replica_id.clone(),
-        coordinator.access().clone(),
-        coordinator.planner_wake(),
         stop.clone(),
     ));
     if let Some(metrics_listener) = metrics_listener {
@@ -136,17 +135,17 @@ pub async fn run(
         ))
         // Our listener, so tonic does not configure its sockets: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs hold small replies back for tens of milliseconds.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
+            let stop = stop.clone();
             async move {
                 shutdown.await;
-                let _ = stop_sender.send(true);
-            },
-        )
+                stop.cancel();
+            }
+        })
         .await;
     background.shutdown().await;
     info!("coordinator stopped");
-    served.map_err(|error| Error::Transport(error.to_string()))
+    served.map_err(|error| Error::Unavailable(error.to_string()))
 }
 
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
@@ -155,12 +154,12 @@ fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 /// Returns expired leases to the queue. Every replica runs this; the store makes it safe.
-async fn reap_loop(coordinator: Coordinator, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn reap_loop(coordinator: Coordinator, interval: Duration, stop: CancellationToken) {
     const LIMIT: u32 = 1_000;
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         // Bounded: at most 100 full batches per tick, then yield to the next tick.
         for _ in 0..100 {
@@ -187,7 +186,7 @@ async fn expire_loop(
     coordinator: Coordinator,
     retain: Duration,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     const LIMIT: u32 = 1_000;
     let retain_ms = i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
@@ -205,16 +204,12 @@ async fn expire_loop(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }
 
-async fn serve_metrics(
-    coordinator: Coordinator,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_metrics(coordinator: Coordinator, listener: TcpListener, stop: CancellationToken) {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
@@ -235,9 +230,7 @@ async fn serve_metrics(
         }),
     );
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
+        .with_graceful_shutdown(stop.cancelled_owned())
         .await;
     if let Err(error) = served {
         warn!(%error, "metrics server stopped");

@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{info, instrument};
 
 use crate::access::AccessPolicy;
-use crate::domain::{
-    Completed, Completion, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec,
-    PassStatus, now_ms,
-};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Created, JobStore, LeaseRequest};
+use crate::store::{JobStore, LeaseRequest};
+use vidx_core::domain::{
+    Completed, Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page,
+    PassSpec, PassStatus, now_ms,
+};
+use vidx_core::source::JobSource;
 
 /// Default lease duration.
 pub const DEFAULT_LEASE_MS: i64 = 60_000;
@@ -25,12 +26,13 @@ pub const MAX_LEASE_BATCH: u32 = 256;
 /// Most items one page may hold.
 pub const MAX_PAGE_SIZE: u32 = 1_000;
 
-/// The coordinator: a job store, metrics, and a way to wake the planner.
+/// The coordinator: a job store, metrics, a way to wake the planner, and a progress signal.
 #[derive(Clone)]
 pub struct Coordinator {
     store: Arc<dyn JobStore>,
     metrics: Metrics,
     planner_wake: Arc<Notify>,
+    progress: Arc<watch::Sender<u64>>,
     access: AccessPolicy,
 }
 
@@ -67,6 +69,7 @@ impl Coordinator {
             store,
             metrics,
             planner_wake: Arc::new(Notify::new()),
+            progress: Arc::new(watch::Sender::new(0)),
             access: AccessPolicy::unrestricted(),
         }
     }
@@ -90,6 +93,19 @@ impl Coordinator {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// A signal that changes whenever this process moved a pass toward its end: a job done or
+    /// failed, a pass cancelled, or planning finished. The embedded default waits on it instead
+    /// of polling; other replicas' changes are not seen.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Marks progress (see [`Coordinator::progress`]).
+    pub fn note_progress(&self) {
+        self.progress
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// What the planner waits on.
@@ -142,6 +158,7 @@ impl Coordinator {
     pub async fn cancel(&self, pass_id: &str) -> Result<PassStatus> {
         require_id("pass id", pass_id)?;
         self.store.cancel_pass(pass_id, now_ms()).await?;
+        self.note_progress();
         info!("pass cancelled");
         self.store.pass_status(pass_id, now_ms()).await
     }
@@ -219,6 +236,7 @@ impl Coordinator {
             .store
             .complete(job_id, lease_id, completion, now_ms())
             .await?;
+        self.note_progress();
         self.metrics.job_outcomes.with_label_values(&["done"]).inc();
         self.metrics
             .job_duration
@@ -258,6 +276,7 @@ impl Coordinator {
             .store
             .fail(job_id, lease_id, &reason, retryable, now_ms())
             .await?;
+        self.note_progress();
         self.metrics
             .job_outcomes
             .with_label_values(&[outcome.state.as_str()])
@@ -281,5 +300,52 @@ impl Coordinator {
             .leases_in_flight
             .set(self.store.leases_in_flight().await? as i64);
         Ok(())
+    }
+}
+
+/// The coordinator as the embedded default's worker sees it: the same calls a gRPC worker makes,
+/// in process, with the same errors (converted to `vidx_core::Error`).
+#[async_trait::async_trait]
+impl JobSource for Coordinator {
+    async fn lease(
+        &self,
+        worker_id: &str,
+        max_jobs: u32,
+        lease_ms: u64,
+    ) -> vidx_core::Result<Vec<LeasedJob>> {
+        let lease_ms = i64::try_from(lease_ms)
+            .map_err(|_| Error::invalid(format!("lease {lease_ms} ms is too long")))?;
+        Ok(Coordinator::lease(self, worker_id, max_jobs, lease_ms).await?)
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        extend_ms: u64,
+    ) -> vidx_core::Result<Heartbeat> {
+        let extend_ms = i64::try_from(extend_ms)
+            .map_err(|_| Error::invalid(format!("lease extension {extend_ms} ms is too long")))?;
+        Ok(Coordinator::heartbeat(self, job_id, lease_id, extend_ms).await?)
+    }
+
+    async fn complete(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        completion: &Completion,
+    ) -> vidx_core::Result<()> {
+        Coordinator::complete(self, job_id, lease_id, completion).await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        reason: &str,
+        retryable: bool,
+    ) -> vidx_core::Result<FailOutcome> {
+        Ok(Coordinator::fail(self, job_id, lease_id, reason, retryable).await?)
     }
 }

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidx_coordinator::access::AccessPolicy;
-use vidx_coordinator::domain::{PassSpec, PassState, PassStatus, Sampling, Task};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
+use vidx_core::domain::{PassSpec, PassState, PassStatus, Sampling, TaskSpec};
 
 fn spec(source: String) -> PassSpec {
     PassSpec {
         source,
         destination: "file:///tmp/vidx-planning-out/".into(),
-        task: Task::default(),
+        task: TaskSpec::default(),
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
@@ -34,13 +34,11 @@ async fn plan_under(source: String, access: AccessPolicy) -> (Coordinator, PassS
         Metrics::new(),
     )
     .with_access(access);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let planner = tokio::spawn(vidx_coordinator::planner::run(
-        Arc::clone(coordinator.store()),
+        coordinator.clone(),
         "test-replica".into(),
-        coordinator.access().clone(),
-        coordinator.planner_wake(),
-        stopped,
+        stop.clone(),
     ));
     let pass_id = coordinator.submit(spec(source)).await.unwrap().pass_id;
     let started = Instant::now();
@@ -55,7 +53,7 @@ async fn plan_under(source: String, access: AccessPolicy) -> (Coordinator, PassS
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    stop.send(true).unwrap();
+    stop.cancel();
     planner.await.unwrap();
     (coordinator, status)
 }

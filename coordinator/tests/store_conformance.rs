@@ -32,8 +32,8 @@ mod redis {
 
 /// What only the Redis store can show: its layout stays compact and expiry leaves nothing behind.
 mod redis_layout {
-    use vidx_coordinator::domain::{Completion, NewJob, PassSpec, Sampling, Task};
     use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, conformance::RETRY};
+    use vidx_core::domain::{Completion, NewJob, PassSpec, Sampling, TaskSpec};
     use vidx_testkit::redis::RedisServer;
 
     const T0: i64 = 1_700_000_000_000;
@@ -79,7 +79,7 @@ mod redis_layout {
         let spec = PassSpec {
             source: "s3://archive/broadcast/2026/".into(),
             destination: "s3://archive-index/v1/".into(),
-            task: Task::Index { prompt: None },
+            task: TaskSpec::Index { prompt: None },
             sampling: Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use vidx_coordinator::client::CoordinatorClient;
-use vidx_coordinator::domain::{PassState, PassStatus};
+use vidx_core::client::CoordinatorClient;
+use vidx_core::domain::{PassState, PassStatus};
 
 pub use kubernetes::DeploymentScale;
 pub use leader::{Leadership, LeaseLock, SoleInstance};
@@ -264,7 +264,7 @@ impl Scaling<'_> {
     }
 }
 
-/// Runs the loop every `interval` until `shutdown` turns true. A failed round (coordinator or
+/// Runs the loop every `interval` until `shutdown` is cancelled. A failed round (coordinator or
 /// API unreachable) is logged and retried next round; it never scales on missing data.
 pub async fn run(
     policy: ScalePolicy,
@@ -272,7 +272,7 @@ pub async fn run(
     demand: &mut dyn Demand,
     replicas: &mut dyn Replicas,
     leadership: &mut dyn Leadership,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     policy.validate()?;
     let mut scaling = Scaling {
@@ -281,13 +281,13 @@ pub async fn run(
         replicas,
         leadership,
     };
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         if let Err(error) = scaling.round(Instant::now()).await {
             warn!(error = format!("{error:#}"), "autoscaling round failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => {}
+            () = shutdown.cancelled() => {}
         }
     }
     scaling.leadership.step_down().await;
@@ -424,13 +424,13 @@ mod tests {
 
     #[test]
     fn readings_count_live_passes_only() {
-        use vidx_coordinator::domain::{JobCounts, PassSpec, Sampling, Task};
+        use vidx_core::domain::{JobCounts, PassSpec, Sampling, TaskSpec};
         let pass = |state, pending, leased, failed| PassStatus {
             pass_id: "p".into(),
             spec: PassSpec {
                 source: "s3://b/v/".into(),
                 destination: "s3://b/i/".into(),
-                task: Task::default(),
+                task: TaskSpec::default(),
                 sampling: Sampling::default(),
                 idempotency_key: None,
                 max_attempts: 3,

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{Completion, LeasedJob, PassSpec, PassState, Sampling, Task};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{RedisStore, RetryPolicy};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{Completion, LeasedJob, PassSpec, PassState, Sampling, TaskSpec};
 use vidx_testkit::redis::RedisServer;
 
 use crate::cli::QueueBenchArgs;
@@ -105,7 +105,7 @@ pub async fn drive_with(
     let mut tasks = tokio::task::JoinSet::new();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for index in 0..clients {
-        let mut client = CoordinatorClient::connect(config).await?;
+        let client = CoordinatorClient::connect(config).await?;
         let done = Arc::clone(&done);
         let completion = Arc::clone(&completion);
         tasks.spawn(async move {
@@ -128,7 +128,7 @@ pub async fn drive_with(
                 // Completions of one batch go out together on the client's one connection, as
                 // a worker with several slots would send them.
                 let completions = leased.iter().map(|job| {
-                    let mut client = client.clone();
+                    let client = client.clone();
                     let completion = completion(job);
                     async move {
                         client
@@ -191,7 +191,7 @@ pub async fn submit_and_plan_within(
     let spec = PassSpec {
         source: source.to_owned(),
         destination: destination.to_owned(),
-        task: Task::default(),
+        task: TaskSpec::default(),
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{Completion, JobCounts, LeasedJob, now_ms};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::ServerConfig;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, RetryPolicy};
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{Completion, JobCounts, LeasedJob, now_ms};
 use vidx_testkit::redis::{RedisOptions, RedisServer};
 
 use super::{

@@ -9,8 +9,8 @@ pub mod passes;
 pub mod worker;
 
 use anyhow::{Context, Result};
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
 
 use crate::cli::ClientArgs;
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use vidx_coordinator::domain::{JobState, PassSpec, PassState, PassStatus, Sampling, Task};
-use vidx_coordinator::objects::normalize;
+use anyhow::{Context, Result};
+use vidx_core::domain::{PassSpec, PassState, PassStatus, Sampling, TaskSpec, collect_pages};
+use vidx_core::objects::normalize;
 
 use crate::cli::{CancelArgs, JobsArgs, PassArgs, PassesArgs, StatusArgs, SubmitArgs};
 
@@ -14,13 +14,13 @@ impl PassArgs {
         let task = if let Some(policy) = &self.policy {
             let policy_yaml = std::fs::read_to_string(policy)
                 .with_context(|| format!("cannot read policy {}", policy.display()))?;
-            Task::Moderation { policy_yaml }
+            TaskSpec::Moderation { policy_yaml }
         } else if !self.question.is_empty() {
-            Task::Questions {
+            TaskSpec::Questions {
                 questions: self.question.clone(),
             }
         } else {
-            Task::Index {
+            TaskSpec::Index {
                 prompt: self.prompt.clone(),
             }
         };
@@ -44,7 +44,7 @@ impl PassArgs {
 /// `vidx submit`: prints the pass id.
 pub async fn submit(args: SubmitArgs) -> Result<()> {
     let spec = args.pass.spec()?;
-    let mut client = args.client.connect().await?;
+    let client = args.client.connect().await?;
     let created = client.submit(&spec).await?;
     println!("{}", created.pass_id);
     Ok(())
@@ -104,7 +104,7 @@ pub fn render(status: &PassStatus) -> String {
 
 /// `vidx status`.
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let mut client = args.client.connect().await?;
+    let client = args.client.connect().await?;
     let mut status = client.status(&args.pass_id).await?;
     if args.watch {
         let bar = indicatif::ProgressBar::new(status.counts.total());
@@ -143,7 +143,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 
 /// `vidx cancel`.
 pub async fn cancel(args: CancelArgs) -> Result<()> {
-    let mut client = args.client.connect().await?;
+    let client = args.client.connect().await?;
     let status = client.cancel(&args.pass_id).await?;
     print!("{}", render(&status));
     Ok(())
@@ -151,31 +151,23 @@ pub async fn cancel(args: CancelArgs) -> Result<()> {
 
 /// `vidx passes`.
 pub async fn passes(args: PassesArgs) -> Result<()> {
-    let mut client = args.client.connect().await?;
-    let mut token = None;
-    let mut shown = 0;
-    while shown < args.limit {
-        let page = client
-            .list_passes((args.limit - shown).min(1_000), token)
-            .await?;
-        for status in &page.items {
-            if args.json {
-                println!("{}", serde_json::to_string(status)?);
-            } else {
-                println!(
-                    "{}  {:<9}  {:>6}/{:<6} done  {}",
-                    status.pass_id,
-                    status.state.as_str(),
-                    status.counts.done,
-                    status.counts.total(),
-                    status.spec.source
-                );
-            }
-        }
-        shown += page.items.len() as u32;
-        token = page.next;
-        if token.is_none() {
-            break;
+    let client = args.client.connect().await?;
+    let passes = collect_pages(args.limit as usize, |token, page_size| {
+        client.list_passes(page_size, token)
+    })
+    .await?;
+    for status in &passes {
+        if args.json {
+            println!("{}", serde_json::to_string(status)?);
+        } else {
+            println!(
+                "{}  {:<9}  {:>6}/{:<6} done  {}",
+                status.pass_id,
+                status.state.as_str(),
+                status.counts.done,
+                status.counts.total(),
+                status.spec.source
+            );
         }
     }
     Ok(())
@@ -183,42 +175,24 @@ pub async fn passes(args: PassesArgs) -> Result<()> {
 
 /// `vidx jobs`.
 pub async fn jobs(args: JobsArgs) -> Result<()> {
-    let state = match &args.state {
-        Some(name) => match JobState::parse(name) {
-            Some(state) => Some(state),
-            None => {
-                bail!("unknown job state {name:?} (pending, leased, done, failed, dead, cancelled)")
-            }
-        },
-        None => None,
-    };
-    let mut client = args.client.connect().await?;
-    let mut token = None;
-    let mut shown = 0;
-    while shown < args.limit {
-        let page = client
-            .list_jobs(&args.pass_id, state, (args.limit - shown).min(1_000), token)
-            .await?;
-        for job in &page.items {
-            if args.json {
-                println!("{}", serde_json::to_string(job)?);
-            } else {
-                println!(
-                    "{}  {:<9}  attempt {}  {} [{}, {}]  {}",
-                    job.job_id,
-                    job.state.as_str(),
-                    job.attempt,
-                    job.spec.video_url,
-                    job.spec.start_s,
-                    job.spec.end_s,
-                    job.last_error.as_deref().unwrap_or("")
-                );
-            }
-        }
-        shown += page.items.len() as u32;
-        token = page.next;
-        if token.is_none() {
-            break;
+    let client = args.client.connect().await?;
+    let jobs = client
+        .jobs(&args.pass_id, args.state, args.limit as usize)
+        .await?;
+    for job in &jobs {
+        if args.json {
+            println!("{}", serde_json::to_string(job)?);
+        } else {
+            println!(
+                "{}  {:<9}  attempt {}  {} [{}, {}]  {}",
+                job.job_id,
+                job.state.as_str(),
+                job.attempt,
+                job.spec.video_url,
+                job.spec.start_s,
+                job.spec.end_s,
+                job.last_error.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(())

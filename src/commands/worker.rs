@@ -2,23 +2,23 @@
 //! `vidx finalize` (a pass's manifest and corpus tables).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 use vidx_coordinator::access::AccessPolicy;
-use vidx_coordinator::domain::{Job, JobState, PassState, PassStatus};
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
+use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
 use vidx_model::generation::GenerationParams;
 use vidx_model::loading::DeviceKind;
 use vidx_model::{LoadOptions, OpenO3Video};
 use vidx_worker::evidence::store::OutcomeStatus;
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
-use vidx_worker::pipeline::{Pipeline, evidence_task};
 use vidx_worker::runtime::{self, WorkerConfig};
+use vidx_worker::video_job::{VideoJobRunner, question_plan};
 
 use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
 
@@ -62,40 +62,52 @@ impl ModelArgs {
     }
 
     /// Loads the model and builds the pipeline that processes jobs with it.
-    pub async fn pipeline(&self) -> Result<Pipeline> {
+    pub async fn pipeline(&self) -> Result<VideoJobRunner> {
         let model = self.load().await?;
         let mut generation = GenerationParams::open_o3();
         generation.max_new_tokens = self.max_new_tokens;
-        Ok(Pipeline::new(
+        Ok(VideoJobRunner::new(
             Arc::new(model),
             self.info(),
             generation,
-            tokio::runtime::Handle::current(),
         ))
     }
 }
 
+impl WorkerArgs {
+    /// The worker loop's settings, checked: a flag out of range is an error naming it, never
+    /// silently moved into range.
+    pub fn into_config(&self) -> Result<WorkerConfig> {
+        const LEASE_SECS: std::ops::RangeInclusive<u64> = 5..=3_600;
+        if !LEASE_SECS.contains(&self.lease_secs) {
+            bail!(
+                "--lease-secs {} is outside {}..={} seconds",
+                self.lease_secs,
+                LEASE_SECS.start(),
+                LEASE_SECS.end()
+            );
+        }
+        let worker_id = match &self.worker_id {
+            Some(id) if id.trim().is_empty() => bail!("--worker-id is empty"),
+            Some(id) if id.len() > 253 => bail!("--worker-id is longer than 253 bytes"),
+            Some(id) => id.trim().to_owned(),
+            None => format!("worker-{}", std::process::id()),
+        };
+        Ok(WorkerConfig {
+            worker_id,
+            lease: Duration::from_secs(self.lease_secs),
+            exit_when_idle: self.exit_when_idle,
+            ..WorkerConfig::default()
+        })
+    }
+}
+
 /// `vidx worker`: serves a coordinator until SIGTERM (or, with `--exit-when-idle`, no work).
-pub async fn worker(
-    args: WorkerArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let pipeline = args.model.pipeline().await?;
+pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+    let config = args.into_config()?;
+    let runner = args.model.pipeline().await?;
     let client = args.client.connect().await?;
-    let config = WorkerConfig {
-        worker_id: args
-            .worker_id
-            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
-        lease: Duration::from_secs(args.lease_secs.clamp(5, 3_600)),
-        exit_when_idle: args.exit_when_idle,
-        ..WorkerConfig::default()
-    };
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
-    let tally = runtime::run(Arc::new(client), Arc::new(pipeline), config, stopped).await?;
+    let tally = runtime::run(Arc::new(client), Arc::new(runner), config, shutdown).await?;
     info!(
         done = tally.done,
         split = tally.split,
@@ -114,7 +126,7 @@ fn is_over(state: PassState) -> bool {
 }
 
 /// `vidx index`: plans, processes and finalizes a pass in this process.
-pub async fn index(args: IndexArgs) -> Result<()> {
+pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     let spec = args.pass.spec()?;
     // Retries come quickly in a local run; a remote store's hiccup is still given a moment.
     let retry = RetryPolicy {
@@ -127,45 +139,51 @@ pub async fn index(args: IndexArgs) -> Result<()> {
     allowed.extend(AccessPolicy::for_own_arguments(&spec)?.prefixes());
     let coordinator = Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new())
         .with_access(AccessPolicy::from_prefixes(&allowed)?);
-    let (stop, stopped) = watch::channel(false);
+    // The planner and the worker loop stop with this token: at the pass's end, or on a signal.
+    let stop = shutdown.child_token();
     let planner = tokio::spawn(vidx_coordinator::planner::run(
-        Arc::clone(coordinator.store()),
+        coordinator.clone(),
         "embedded".into(),
-        coordinator.access().clone(),
-        coordinator.planner_wake(),
-        stopped.clone(),
+        stop.clone(),
     ));
-    let pipeline = Arc::new(args.model.pipeline().await?);
+    let runner = Arc::new(args.model.pipeline().await?);
+    let mut progress = coordinator.progress();
     let pass_id = coordinator.submit(spec).await?.pass_id;
     info!(%pass_id, "pass submitted");
     let config = WorkerConfig {
         worker_id: "embedded".into(),
-        exit_when_idle: true,
+        idle_poll: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let started = Instant::now();
+    let worker = tokio::spawn(runtime::run(
+        Arc::new(coordinator.clone()),
+        runner,
+        config,
+        stop.clone(),
+    ));
+    // The pass can only end when the coordinator notes progress (a job reported, planning
+    // finished, a cancel), so this waits on that signal rather than polling.
     let status = loop {
         let status = coordinator.status(&pass_id).await?;
         if is_over(status.state) {
-            break status;
+            break Some(status);
         }
-        if status.state == PassState::Running {
-            runtime::run(
-                Arc::new(coordinator.clone()),
-                pipeline.clone(),
-                config.clone(),
-                stopped.clone(),
-            )
-            .await?;
-        }
-        // Waiting for planning, or for a retry's backoff.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if started.elapsed() > Duration::from_secs(7 * 24 * 3600) {
-            bail!("pass {pass_id} did not finish within a week");
+        tokio::select! {
+            changed = progress.changed() => changed.context("the coordinator went away")?,
+            () = shutdown.cancelled() => break None,
         }
     };
-    let _ = stop.send(true);
+    stop.cancel();
+    let tally = worker.await.context("the worker loop panicked")??;
     let _ = planner.await;
+    let Some(status) = status else {
+        bail!(
+            "interrupted: pass {pass_id} stopped after {} jobs done and {} failed; run the same \
+             command again to resume (finished videos are not processed twice)",
+            tally.done,
+            tally.failed
+        );
+    };
     if status.state == PassState::Failed {
         bail!("pass failed: {}", status.planning_error.unwrap_or_default());
     }
@@ -184,18 +202,12 @@ pub async fn index(args: IndexArgs) -> Result<()> {
 }
 
 async fn all_jobs_local(coordinator: &Coordinator, pass_id: &str) -> Result<Vec<Job>> {
-    let mut jobs = Vec::new();
-    let mut token = None;
-    loop {
-        let page = coordinator
-            .list_jobs(pass_id, None, 1_000, token.as_deref())
-            .await?;
-        jobs.extend(page.items);
-        match page.next {
-            Some(next) => token = Some(next),
-            None => return Ok(jobs),
-        }
-    }
+    Ok(collect_pages(usize::MAX, |token, page_size| async move {
+        coordinator
+            .list_jobs(pass_id, None, page_size, token.as_deref())
+            .await
+    })
+    .await?)
 }
 
 /// Writes the manifest (every video's outcome, failures with their reasons) and the corpus tables.
@@ -204,7 +216,7 @@ pub async fn finalize_pass(
     jobs: &[Job],
     model: ModelInfo,
 ) -> Result<PassManifest> {
-    let task = evidence_task(&status.spec.task).context("the pass's task")?;
+    let task = question_plan(&status.spec.task).context("the pass's task")?;
     let index = EvidenceIndex::from_url(&status.spec.destination)?;
     let mut manifest = PassManifest::new(status.pass_id.clone(), model, &task);
     for job in jobs {
@@ -235,7 +247,7 @@ pub async fn finalize_pass(
 
 /// `vidx finalize`.
 pub async fn finalize(args: FinalizeArgs) -> Result<()> {
-    let mut client = args.client.connect().await?;
+    let client = args.client.connect().await?;
     let status = client.status(&args.pass_id).await?;
     if !is_over(status.state) {
         bail!(
@@ -244,16 +256,7 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
             status.state
         );
     }
-    let mut jobs = Vec::new();
-    let mut token = None;
-    loop {
-        let page = client.list_jobs(&args.pass_id, None, 1_000, token).await?;
-        jobs.extend(page.items);
-        token = page.next;
-        if token.is_none() {
-            break;
-        }
-    }
+    let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
     let model = ModelInfo {
         id: args.model_id,
         revision: args.model_revision,

@@ -1,158 +1,34 @@
-//! The worker loop: lease a job, keep its lease alive, run the [`Processor`] on a blocking thread,
+//! The worker loop: lease a job, keep its lease alive, run the [`JobRunner`] on a blocking thread,
 //! report done, split or failed. A heartbeat that says the pass was cancelled, or that the lease
-//! was lost, raises the job's [`CancelFlag`] so the processor stops early and nothing is reported.
+//! was lost, raises the job's [`CancelFlag`] so the runner stops early and nothing is reported.
 //!
-//! The coordinator is reached through [`JobSource`]: over gRPC in a cluster, or in-process in the
-//! embedded local mode.
+//! The coordinator is reached through [`JobSource`]: over gRPC in a cluster
+//! (`vidx_core::client::CoordinatorClient`), or in process in the embedded default
+//! (`vidx_coordinator::service::Coordinator`, wired in by the `vidx` binary).
+//!
+//! Every log line of a job, from its lease to its report, is in the job's `job` span (with its
+//! `job_id`): the span is entered on the blocking thread that runs the job and on the heartbeat
+//! task, not only on the loop's own task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tokio::sync::watch;
-use tracing::{Instrument, info, info_span, warn};
-use vidx_coordinator::client::CoordinatorClient;
-use vidx_coordinator::domain::{Completion, FailOutcome, Heartbeat, LeasedJob, Segment};
-use vidx_coordinator::service::Coordinator;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, info, info_span, warn};
+use vidx_core::domain::{Completion, LeasedJob, Segment};
+use vidx_core::source::JobSource;
 
 /// Errors of the worker loop itself (not of a job).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The coordinator refused or could not be reached.
+    /// The coordinator refused a call or could not be reached for good.
     #[error("coordinator: {0}")]
-    Coordinator(#[from] vidx_coordinator::Error),
-    /// A processing thread panicked; the job was reported failed.
-    #[error("processing thread failed: {0}")]
-    Join(String),
+    Coordinator(#[from] vidx_core::Error),
 }
 
 /// `Result` with the worker loop's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The coordinator's worker-facing operations.
-#[async_trait]
-pub trait JobSource: Send + Sync + 'static {
-    /// Leases up to `max_jobs` jobs.
-    async fn lease(
-        &self,
-        worker_id: &str,
-        max_jobs: u32,
-        lease_ms: u64,
-    ) -> vidx_coordinator::Result<Vec<LeasedJob>>;
-    /// Extends a lease.
-    async fn heartbeat(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        extend_ms: u64,
-    ) -> vidx_coordinator::Result<Heartbeat>;
-    /// Reports a job done (or split).
-    async fn complete(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        completion: &Completion,
-    ) -> vidx_coordinator::Result<()>;
-    /// Reports a job failed.
-    async fn fail(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        reason: &str,
-        retryable: bool,
-    ) -> vidx_coordinator::Result<FailOutcome>;
-}
-
-// The client's own methods take `&mut self`; called as `self.clone().lease(..)` method lookup
-// finds this trait's `&self` method first and recurses, so each call names the inherent method.
-#[async_trait]
-impl JobSource for CoordinatorClient {
-    async fn lease(
-        &self,
-        worker_id: &str,
-        max_jobs: u32,
-        lease_ms: u64,
-    ) -> vidx_coordinator::Result<Vec<LeasedJob>> {
-        CoordinatorClient::lease(&mut self.clone(), worker_id, max_jobs, lease_ms).await
-    }
-    async fn heartbeat(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        extend_ms: u64,
-    ) -> vidx_coordinator::Result<Heartbeat> {
-        CoordinatorClient::heartbeat(&mut self.clone(), job_id, lease_id, extend_ms).await
-    }
-    async fn complete(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        completion: &Completion,
-    ) -> vidx_coordinator::Result<()> {
-        CoordinatorClient::complete(&mut self.clone(), job_id, lease_id, completion).await
-    }
-    async fn fail(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        reason: &str,
-        retryable: bool,
-    ) -> vidx_coordinator::Result<FailOutcome> {
-        CoordinatorClient::fail(&mut self.clone(), job_id, lease_id, reason, retryable).await
-    }
-}
-
-#[async_trait]
-impl JobSource for Coordinator {
-    async fn lease(
-        &self,
-        worker_id: &str,
-        max_jobs: u32,
-        lease_ms: u64,
-    ) -> vidx_coordinator::Result<Vec<LeasedJob>> {
-        Coordinator::lease(
-            self,
-            worker_id,
-            max_jobs,
-            i64::try_from(lease_ms).unwrap_or(i64::MAX),
-        )
-        .await
-    }
-    async fn heartbeat(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        extend_ms: u64,
-    ) -> vidx_coordinator::Result<Heartbeat> {
-        Coordinator::heartbeat(
-            self,
-            job_id,
-            lease_id,
-            i64::try_from(extend_ms).unwrap_or(i64::MAX),
-        )
-        .await
-    }
-    async fn complete(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        completion: &Completion,
-    ) -> vidx_coordinator::Result<()> {
-        Coordinator::complete(self, job_id, lease_id, completion)
-            .await
-            .map(|_| ())
-    }
-    async fn fail(
-        &self,
-        job_id: &str,
-        lease_id: &str,
-        reason: &str,
-        retryable: bool,
-    ) -> vidx_coordinator::Result<FailOutcome> {
-        Coordinator::fail(self, job_id, lease_id, reason, retryable).await
-    }
-}
 
 /// Raised when the job should stop: its pass was cancelled or its lease was lost.
 #[derive(Debug, Clone, Default)]
@@ -191,13 +67,10 @@ pub struct JobFailure {
 }
 
 /// The work done for one job. Runs on a blocking thread; should check `cancel` between steps.
-pub trait Processor: Send + Sync + 'static {
-    /// Processes one leased job.
-    fn process(
-        &self,
-        job: &LeasedJob,
-        cancel: &CancelFlag,
-    ) -> std::result::Result<Outcome, JobFailure>;
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs one leased job to its outcome.
+    fn run(&self, job: &LeasedJob, cancel: &CancelFlag)
+    -> std::result::Result<Outcome, JobFailure>;
 }
 
 /// How the loop runs.
@@ -237,24 +110,24 @@ pub struct Tally {
     pub dropped: u64,
 }
 
-/// Runs until `shutdown` turns true (finishing the job in hand), or, with `exit_when_idle`, until
-/// a lease finds no work. Transient coordinator errors are retried with backoff.
+/// Runs until `shutdown` is cancelled (finishing the job in hand), or, with `exit_when_idle`,
+/// until a lease finds no work. Transient coordinator errors are retried with backoff.
 pub async fn run(
     source: Arc<dyn JobSource>,
-    processor: Arc<dyn Processor>,
+    runner: Arc<dyn JobRunner>,
     config: WorkerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<Tally> {
     let mut tally = Tally::default();
     let mut idle = Duration::from_millis(50);
     let lease_ms = config.lease.as_millis() as u64;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         let leased = match source.lease(&config.worker_id, 1, lease_ms).await {
             Ok(leased) => leased,
             Err(error) if error.is_transient() => {
                 warn!(%error, "cannot lease, retrying");
                 idle = (idle * 2).min(config.idle_poll);
-                sleep_or_shutdown(idle, &mut shutdown).await;
+                sleep_or_shutdown(idle, &shutdown).await;
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -264,13 +137,13 @@ pub async fn run(
                 break;
             }
             idle = (idle * 2).min(config.idle_poll);
-            sleep_or_shutdown(idle, &mut shutdown).await;
+            sleep_or_shutdown(idle, &shutdown).await;
             continue;
         }
         idle = Duration::from_millis(50);
         for job in leased {
             let span = info_span!("job", job_id = %job.job.job_id, video = %job.job.spec.video_url, attempt = job.job.attempt);
-            run_one(&source, &processor, &config, job, &mut tally)
+            run_one(&source, &runner, &config, job, &mut tally)
                 .instrument(span)
                 .await?;
         }
@@ -278,37 +151,42 @@ pub async fn run(
     Ok(tally)
 }
 
-async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) {
+async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
-        _ = shutdown.changed() => {}
+        () = shutdown.cancelled() => {}
     }
 }
 
 async fn run_one(
     source: &Arc<dyn JobSource>,
-    processor: &Arc<dyn Processor>,
+    runner: &Arc<dyn JobRunner>,
     config: &WorkerConfig,
     job: LeasedJob,
     tally: &mut Tally,
 ) -> Result<()> {
+    info!(lease_id = %job.lease_id, deadline_ms = job.deadline_ms, "job leased");
     let cancel = CancelFlag::default();
-    let (stop_heartbeat, heartbeat_stopped) = watch::channel(false);
-    let heartbeat = tokio::spawn(keep_alive(
-        Arc::clone(source),
-        job.job.job_id.clone(),
-        job.lease_id.clone(),
-        config.lease,
-        cancel.clone(),
-        heartbeat_stopped,
-    ));
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(
+        keep_alive(
+            Arc::clone(source),
+            job.job.job_id.clone(),
+            job.lease_id.clone(),
+            config.lease,
+            cancel.clone(),
+            stop_heartbeat.clone(),
+        )
+        .instrument(Span::current()),
+    );
     let processed = {
-        let processor = Arc::clone(processor);
+        let runner = Arc::clone(runner);
         let job = job.clone();
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || processor.process(&job, &cancel)).await
+        let span = Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| runner.run(&job, &cancel))).await
     };
-    let _ = stop_heartbeat.send(true);
+    stop_heartbeat.cancel();
     let _ = heartbeat.await;
 
     let (job_id, lease_id) = (job.job.job_id.as_str(), job.lease_id.as_str());
@@ -366,7 +244,7 @@ async fn run_one(
     };
     match reported {
         Ok(()) => Ok(()),
-        Err(error) if error.is_lease_rejected() => {
+        Err(error) if error.is_stale_lease() => {
             warn!(%error, "result rejected: the lease moved on");
             Ok(())
         }
@@ -382,13 +260,13 @@ async fn keep_alive(
     lease_id: String,
     lease: Duration,
     cancel: CancelFlag,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let every = (lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         match source
             .heartbeat(&job_id, &lease_id, lease.as_millis() as u64)

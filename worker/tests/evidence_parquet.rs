@@ -9,7 +9,7 @@ use std::process::Command;
 
 use evidence_support::{document, model, workspace_root};
 use vidx_worker::evidence::store::{CLAIMS_PARQUET, OutcomeStatus};
-use vidx_worker::evidence::{EvidenceIndex, PassManifest, Task};
+use vidx_worker::evidence::{EvidenceIndex, PassManifest, QuestionPlan};
 
 fn python() -> String {
     if let Ok(path) = std::env::var("VIDX_PYTHON") {
@@ -74,7 +74,7 @@ async fn parquet_opens_in_pyarrow_and_duckdb_with_documented_columns() -> anyhow
     let python = python();
     let dir = tempfile::tempdir()?;
     let index = EvidenceIndex::from_url(dir.path().to_str().unwrap())?;
-    let task = Task::index();
+    let task = QuestionPlan::index();
     let raw = "<think>The <obj>red car</obj><box>[300,100,400,200]</box>at<t>12.0</t>s passes a \
                <obj>dog</obj><box>[10,10,50,50]</box>at<t>3</t>s and a <obj>sign</obj> at <t>5</t>s.</think>\
                <answer>A car passes a dog.</answer>";

@@ -17,7 +17,7 @@ use vidx_testkit::chromium::Chromium;
 use vidx_worker::evidence::document::VideoDocumentBuilder;
 use vidx_worker::evidence::report::{FRAME_DISPLAY_WIDTH, write_report};
 use vidx_worker::evidence::store::EncodedImage;
-use vidx_worker::evidence::{EvidenceIndex, ModerationPolicy, Rotation, Task};
+use vidx_worker::evidence::{EvidenceIndex, ModerationPolicy, QuestionPlan, Rotation};
 
 const TEAL: [u8; 3] = [0, 128, 128];
 const MAGENTA: [u8; 3] = [255, 0, 255];
@@ -46,7 +46,7 @@ async fn boxes_are_drawn_where_the_index_says() -> anyhow::Result<()> {
     // A flagged video: 1280x720, model input 448x252 (scale 20/7). Two claims on frame 4 of segment 0
     // (frames at 1, 3, 5, 7, 9 s): a knife and a hand.
     let policy = ModerationPolicy::from_yaml(MODERATION_POLICY)?;
-    let task = Task::moderation(policy)?;
+    let task = QuestionPlan::moderation(policy)?;
     let mut builder = VideoDocumentBuilder::new(header(
         "s3://videos/flagged.mp4",
         task.clone(),

@@ -9,7 +9,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use vidx_worker::evidence::search::{HitKind, format_hits};
 use vidx_worker::evidence::store::OutcomeStatus;
-use vidx_worker::evidence::{AnswerRow, ClaimRow, EvidenceIndex, PassManifest, SearchIndex, Task};
+use vidx_worker::evidence::{
+    AnswerRow, ClaimRow, EvidenceIndex, PassManifest, QuestionPlan, SearchIndex,
+};
 
 const COLORS: [&str; 7] = ["red", "blue", "green", "black", "white", "yellow", "grey"];
 const NOUNS: [&str; 11] = [
@@ -164,7 +166,7 @@ fn hundred_thousand_claims() {
 #[tokio::test]
 async fn search_reads_the_index_tables() -> anyhow::Result<()> {
     let index = EvidenceIndex::new(Arc::new(InMemory::new()), Path::from("index"));
-    let task = Task::index();
+    let task = QuestionPlan::index();
     let raw = "<think>The <obj>red car</obj><box>[300,100,400,200]</box>at<t>12.0</t>s passes a \
                <obj>dog</obj><box>[10,10,50,50]</box>at<t>3</t>s.</think><answer>A car passes a dog.</answer>";
     let document = document("s3://videos/a.mp4", task.clone(), &[(1, "index", raw)]);

@@ -12,7 +12,7 @@ use object_store::path::Path;
 use vidx_worker::evidence::document::VideoDocumentBuilder;
 use vidx_worker::evidence::store::{EncodedImage, OutcomeStatus};
 use vidx_worker::evidence::{
-    EvidenceIndex, ModerationPolicy, PassManifest, Rotation, Severity, Task, VideoIdentity,
+    EvidenceIndex, ModerationPolicy, PassManifest, QuestionPlan, Rotation, Severity, VideoIdentity,
 };
 
 const INDEX_ANSWER: &str = "<think>A <obj>man</obj><box>[112,63,224,126]</box>at<t>9.0</t>s walks to a \
@@ -27,11 +27,11 @@ fn memory_index() -> EvidenceIndex {
 fn document_maps_claims_to_source() {
     let document = document(
         "s3://videos/a.mp4",
-        Task::index(),
+        QuestionPlan::index(),
         &[(1, "index", INDEX_ANSWER)],
     );
     assert_eq!(document.schema, "vidx.evidence/v1");
-    assert_eq!(document.task.hash, Task::index().hash());
+    assert_eq!(document.task.hash, QuestionPlan::index().hash());
     let segment = &document.segments[1];
     assert_eq!(segment.frames.len(), 15);
     assert_eq!(segment.frames[0].time_s, 31.0);
@@ -59,7 +59,7 @@ fn document_maps_claims_to_source() {
 fn rotated_video_maps_to_displayed_and_coded_pixels() {
     let mut builder = VideoDocumentBuilder::new(header(
         "s3://videos/phone.mp4",
-        Task::index(),
+        QuestionPlan::index(),
         Rotation::R90,
     ));
     builder.add_segment(clocks().remove(0)).unwrap();
@@ -83,7 +83,7 @@ fn rotated_video_maps_to_displayed_and_coded_pixels() {
 #[test]
 fn builder_rejects_unknown_segment_and_question() {
     let mut builder =
-        VideoDocumentBuilder::new(header("s3://v/a.mp4", Task::index(), Rotation::R0));
+        VideoDocumentBuilder::new(header("s3://v/a.mp4", QuestionPlan::index(), Rotation::R0));
     let segments = clocks();
     builder.add_segment(segments[1].clone()).unwrap();
     assert!(
@@ -96,7 +96,8 @@ fn builder_rejects_unknown_segment_and_question() {
 
 #[test]
 fn moderation_verdicts_roll_up_to_the_video() {
-    let task = Task::moderation(ModerationPolicy::from_yaml(MODERATION_POLICY).unwrap()).unwrap();
+    let task =
+        QuestionPlan::moderation(ModerationPolicy::from_yaml(MODERATION_POLICY).unwrap()).unwrap();
     let document = document(
         "s3://videos/b.mp4",
         task,
@@ -133,7 +134,7 @@ fn keys_are_pure_functions_of_video_model_and_task() {
         etag: Some("\"e1\"".into()),
         checksum: None,
     };
-    let task_hash = Task::index().hash();
+    let task_hash = QuestionPlan::index().hash();
     let key = index.document_key(&video, &model(), &task_hash);
     assert_eq!(
         key,
@@ -149,7 +150,9 @@ fn keys_are_pure_functions_of_video_model_and_task() {
         size_bytes: 11,
         ..video.clone()
     };
-    let other_task = Task::free_form(&["Where is the dog?"]).unwrap().hash();
+    let other_task = QuestionPlan::free_form(&["Where is the dog?"])
+        .unwrap()
+        .hash();
     let mut other_model = model();
     other_model.revision = "r2".into();
     for other in [
@@ -171,7 +174,7 @@ fn keys_are_pure_functions_of_video_model_and_task() {
 #[tokio::test]
 async fn writes_are_idempotent_and_pass_end_builds_tables() -> anyhow::Result<()> {
     let index = memory_index();
-    let task = Task::index();
+    let task = QuestionPlan::index();
     let mut manifest = PassManifest::new("pass-1", model(), &task);
     for url in ["s3://videos/a.mp4", "s3://videos/b.mp4"] {
         let document = document(
@@ -265,7 +268,7 @@ async fn writes_are_idempotent_and_pass_end_builds_tables() -> anyhow::Result<()
 async fn local_file_system_index_leaves_only_final_objects() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let index = EvidenceIndex::from_url(dir.path().to_str().unwrap())?;
-    let task = Task::index();
+    let task = QuestionPlan::index();
     let mut builder =
         VideoDocumentBuilder::new(header("file:///videos/a.mp4", task.clone(), Rotation::R0));
     for clock in clocks() {

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use vidx_coordinator::domain::{Job, JobState, LeasedJob, NewJob, PassSpec, Sampling, Task};
+use vidx_core::domain::{Job, JobState, LeasedJob, NewJob, PassSpec, Sampling, TaskSpec};
 use vidx_model::generation::GenerationParams;
 use vidx_model::{LoadOptions, OpenO3Video, RgbImage, TimedFrame};
 use vidx_worker::evidence::{ModelInfo, VideoDocument};
 use vidx_worker::media::{self, SampleOptions, SamplingSpec, VideoSource};
-use vidx_worker::pipeline::{Pipeline, evidence_task};
-use vidx_worker::runtime::{CancelFlag, Outcome, Processor};
+use vidx_worker::runtime::{CancelFlag, JobRunner, Outcome};
+use vidx_worker::video_job::{VideoJobRunner, question_plan};
 
 const POLICY: &str = r#"
 categories:
@@ -65,7 +65,7 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
         .expect("ffmpeg runs");
     assert!(status.success());
     let url = format!("file://{}", video.display());
-    let task = Task::Moderation {
+    let task = TaskSpec::Moderation {
         policy_yaml: POLICY.into(),
     };
     let sampling = Sampling {
@@ -102,20 +102,16 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
         },
     };
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let shared = Arc::new(model());
     let info = ModelInfo {
         id: "tiny-realvocab".into(),
         revision: "fixture".into(),
     };
-    let pipeline = Pipeline::new(
-        Arc::clone(&shared),
-        info,
-        params(),
-        runtime.handle().clone(),
-    );
-    let outcome = pipeline
-        .process(&job, &CancelFlag::default())
+    // Called from a plain test thread: the worker's bridge runs the index writes on its own
+    // I/O runtime.
+    let runner = VideoJobRunner::new(Arc::clone(&shared), info, params());
+    let outcome = runner
+        .run(&job, &CancelFlag::default())
         .expect("job succeeds");
     assert_eq!(
         shared.model().vision_calls(),
@@ -134,7 +130,7 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
     assert_eq!(answers.len(), 3);
 
     // Each question alone, from scratch: its own vision pass and its own prefill.
-    let evidence = evidence_task(&task).unwrap();
+    let evidence = question_plan(&task).unwrap();
     let sampled = media::sample_source(
         &VideoSource::from_url(&url).unwrap(),
         &SamplingSpec {

@@ -10,8 +10,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{JobStore, LeaseRequest, RetryPolicy};
-use crate::domain::{Completion, JobState, NewJob, PassSpec, PassState, Sampling, Segment, Task};
 use crate::error::Error;
+use vidx_core::domain::{
+    Completion, JobState, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec,
+};
 
 /// The retry policy every conformance store must be built with.
 pub const RETRY: RetryPolicy = RetryPolicy {
@@ -26,7 +28,7 @@ fn spec(key: Option<&str>, max_attempts: u32) -> PassSpec {
     PassSpec {
         source: "file:///corpus/".into(),
         destination: "file:///index/".into(),
-        task: Task::Index { prompt: None },
+        task: TaskSpec::Index { prompt: None },
         sampling: Sampling::default(),
         idempotency_key: key.map(str::to_owned),
         max_attempts,
@@ -69,7 +71,7 @@ async fn running_pass(store: &dyn JobStore, jobs: usize, max_attempts: u32) -> S
 }
 
 /// Leases the oldest job at `T0` and completes it; returns its lease.
-async fn lease_and_finish_one(store: &dyn JobStore) -> crate::domain::LeasedJob {
+async fn lease_and_finish_one(store: &dyn JobStore) -> vidx_core::domain::LeasedJob {
     let leased = store
         .lease(&request(1, 60_000), T0)
         .await

@@ -11,11 +11,11 @@ use super::{
     BUCKET_MS, Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state,
     job_id_for, page_token, segment_jobs, throughput, validate_segments,
 };
-use crate::domain::{
+use crate::error::{Error, Result};
+use vidx_core::domain::{
     Completed, Completion, ErrorReport, FailOutcome, Heartbeat, Job, JobCounts, JobState,
     LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
 };
-use crate::error::{Error, Result};
 
 /// Recent errors kept per pass.
 const RECENT_ERRORS: usize = 20;

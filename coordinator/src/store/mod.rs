@@ -14,11 +14,11 @@ use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-use crate::domain::{
-    Completed, Completion, FailOutcome, Heartbeat, Job, JobState, LeasedJob, NewJob, Page,
+use crate::error::Result;
+use vidx_core::domain::{
+    Completed, Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, NewJob, Page,
     PassSpec, PassStatus,
 };
-use crate::error::Result;
 
 /// How failed jobs are retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,15 +57,6 @@ pub struct LeaseRequest {
     pub max_jobs: u32,
     /// Lease duration.
     pub lease_ms: i64,
-}
-
-/// The newly created pass, or the existing one for a repeated idempotency key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Created {
-    /// The pass id.
-    pub pass_id: String,
-    /// True when the idempotency key matched an existing pass.
-    pub existing: bool,
 }
 
 /// A pass whose planning is not finished, with where planning got to.
@@ -221,7 +212,7 @@ pub fn job_id_for(pass_id: &str, job: &NewJob) -> String {
 }
 
 /// Turns the segments a worker reported into the jobs that replace a probe job.
-pub fn segment_jobs(parent: &NewJob, segments: &[crate::domain::Segment]) -> Vec<NewJob> {
+pub fn segment_jobs(parent: &NewJob, segments: &[vidx_core::domain::Segment]) -> Vec<NewJob> {
     segments
         .iter()
         .map(|segment| NewJob {
@@ -236,7 +227,7 @@ pub fn segment_jobs(parent: &NewJob, segments: &[crate::domain::Segment]) -> Vec
 }
 
 /// Checks segments reported by a worker before any state changes.
-pub fn validate_segments(segments: &[crate::domain::Segment]) -> Result<()> {
+pub fn validate_segments(segments: &[vidx_core::domain::Segment]) -> Result<()> {
     if segments.len() > 10_000 {
         return Err(crate::error::Error::invalid(format!(
             "{} segments is more than 10000",
@@ -313,10 +304,10 @@ pub(crate) const BUCKET_MS: i64 = 10_000;
 
 /// The pass state shown to users: running with every job terminal reads as finished.
 pub(crate) fn effective_state(
-    stored: crate::domain::PassState,
-    counts: &crate::domain::JobCounts,
-) -> crate::domain::PassState {
-    use crate::domain::PassState;
+    stored: vidx_core::domain::PassState,
+    counts: &vidx_core::domain::JobCounts,
+) -> vidx_core::domain::PassState {
+    use vidx_core::domain::PassState;
     if stored == PassState::Running && counts.finished() == counts.total() {
         PassState::Finished
     } else {

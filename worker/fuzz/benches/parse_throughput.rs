@@ -1,9 +1,7 @@
 //! Parser throughput in an optimised build: `cd worker/fuzz && cargo run --release --bin parse_throughput`.
 //! (The workspace's test profile leaves our own crates unoptimised, which understates it.)
 
-#[path = "../../src/evidence/parse.rs"]
-#[allow(dead_code)]
-mod parse;
+use vidx_evidence_parser as parse;
 
 use std::time::Instant;
 

@@ -3,9 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/evidence/parse.rs"]
-#[allow(dead_code)]
-mod parse;
+use vidx_evidence_parser as parse;
 
 use parse::{MAX_RECORDED_DROPS, ParseContext, parse_output};
 

@@ -13,7 +13,7 @@ use super::mapping::{
     AbsoluteSpan, FrameGeometry, MappedClaim, SegmentClock, map_claims, map_span,
 };
 use super::parse::{DroppedFragment, ParseContext, Repair, parse_output};
-use super::task::{Severity, Task, Verdict, hex, verdict};
+use super::task::{QuestionPlan, Severity, Verdict, hex, verdict};
 use super::{Error, Result};
 
 /// Schema tag written in every document.
@@ -177,11 +177,11 @@ pub struct CategorySummary {
 /// The task as stored: the questions asked and its hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// Hex SHA-256 of the task ([`Task::hash`]).
+    /// Hex SHA-256 of the task ([`QuestionPlan::hash`]).
     pub hash: String,
     /// The task.
     #[serde(flatten)]
-    pub task: Task,
+    pub task: QuestionPlan,
 }
 
 /// Everything learnt about one video under one model and task.
@@ -249,7 +249,7 @@ pub struct DocumentHeader {
     /// The model.
     pub model: ModelInfo,
     /// The task.
-    pub task: Task,
+    pub task: QuestionPlan,
     /// Coded size, rotation and model-input size.
     pub geometry: FrameGeometry,
 }

@@ -1,6 +1,6 @@
 //! Evidence: from the model's raw text to a searchable index in object storage.
 //!
-//! The flow for one video: [`task`] says what to ask; the model answers each question per segment;
+//! The flow for one video: [`task`] says what to ask (a [`QuestionPlan`]); the model answers each question per segment;
 //! [`parse`] turns each raw answer into claims (object, boxes, time) and records what it dropped;
 //! [`mapping`] takes boxes and times back to the source video; [`document`] assembles the per-video
 //! JSON document; [`store`] writes it (and sampled-frame thumbnails) atomically under a key that is a
@@ -12,17 +12,20 @@
 //!
 //! ```text
 //! let index = EvidenceIndex::from_url("s3://bucket/index")?;
-//! let key = index.document_key(&video, &model, &task.hash());
+//! let key = index.document_key(&video, &model_info, &plan.hash());
 //! if index.is_indexed(&key).await? { /* record AlreadyIndexed and move on */ }
+//! // `model` is a `vidx_model::OpenO3Video`; `plan` the pass's `QuestionPlan`
 //! let mut builder = VideoDocumentBuilder::new(DocumentHeader { video, probe, model, task, geometry });
 //! for segment in segments {
 //!     builder.add_segment(SegmentClock::new(index, start_s, end_s, frame_times_s)?)?;
 //!     // prompt frames as clock.frame_label(i) = "Frame i+1 at Xs" (segment-relative X)
-//!     let thumbnail = index.put_thumbnail(&key, segment, frame, encoded_jpeg).await?;
+//!     let thumbnail = index.put_thumbnail(&key, segment, frame, encoded_png).await?;
 //!     builder.set_thumbnail(segment, frame, thumbnail)?;
-//!     for question in &task.questions {
-//!         let raw = model.generate(OPEN_O3_SYSTEM_PROMPT, &question.prompt_text(), &frames)?;
-//!         builder.record_answer(segment, &question.id, &raw)?;
+//!     // one vision pass and one prefill, then every question from the shared prefix
+//!     let prompts: Vec<String> = plan.questions.iter().map(Question::prompt_text).collect();
+//!     let answers = model.ask_all(&frames, OPEN_O3_GROUNDED_SYSTEM_PROMPT, duration_s, &prompts, &params)?;
+//!     for (question, answer) in plan.questions.iter().zip(answers) {
+//!         builder.record_answer(segment, &question.id, &answer.text)?;
 //!     }
 //! }
 //! index.write_document(&builder.finish()).await?;          // last: its presence means done
@@ -32,7 +35,8 @@
 
 pub mod document;
 pub mod mapping;
-pub mod parse;
+pub mod parquet_file;
+pub use vidx_evidence_parser as parse;
 pub mod report;
 pub mod search;
 pub mod store;
@@ -50,7 +54,9 @@ pub use parse::{
 pub use search::{SearchHit, SearchIndex};
 pub use store::{EvidenceIndex, PassManifest, VideoOutcome};
 pub use table::{AnswerRow, ClaimRow};
-pub use task::{Category, ModerationPolicy, Question, QuestionKind, Severity, Task, Verdict};
+pub use task::{
+    Category, ModerationPolicy, Question, QuestionKind, QuestionPlan, Severity, Verdict,
+};
 
 /// Errors of the evidence module.
 #[derive(Debug, thiserror::Error)]

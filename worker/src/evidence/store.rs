@@ -30,11 +30,9 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity};
-use super::table::{
-    AnswerRow, ClaimRow, answers_to_parquet, claims_to_parquet, from_jsonl, rows_for_document,
-    to_jsonl,
-};
-use super::task::{Task, hex};
+use super::parquet_file::{answers_to_parquet, claims_to_parquet};
+use super::table::{AnswerRow, ClaimRow, from_jsonl, rows_for_document, to_jsonl};
+use super::task::{QuestionPlan, hex};
 use super::{Error, Result};
 
 /// File name of a video's evidence document.
@@ -113,9 +111,9 @@ pub struct PassManifest {
     pub pass_id: String,
     /// The model.
     pub model: ModelInfo,
-    /// Task name.
+    /// QuestionPlan name.
     pub task_name: String,
-    /// Task hash.
+    /// QuestionPlan hash.
     pub task_hash: String,
     /// Every video of the pass.
     pub videos: Vec<VideoOutcome>,
@@ -133,7 +131,7 @@ pub struct PassManifest {
 
 impl PassManifest {
     /// An empty manifest for a pass.
-    pub fn new(pass_id: impl Into<String>, model: ModelInfo, task: &Task) -> Self {
+    pub fn new(pass_id: impl Into<String>, model: ModelInfo, task: &QuestionPlan) -> Self {
         Self {
             schema: MANIFEST_SCHEMA.to_owned(),
             pass_id: pass_id.into(),
@@ -203,7 +201,7 @@ impl EvidenceIndex {
         };
         // The same store the planner and the reader would open for this URL, credentials and
         // endpoints from the environment.
-        let (store, prefix) = vidx_coordinator::objects::store_for_url(&parsed, &[])
+        let (store, prefix) = vidx_core::objects::store_for_url(&parsed, &[])
             .map_err(|error| invalid(error.to_string()))?;
         Ok(Self { store, prefix })
     }

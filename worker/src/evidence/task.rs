@@ -1,7 +1,7 @@
 //! What the worker asks the model: the Open-o3 Video prompts, the default indexing question,
 //! free-form and multiple-choice questions, and moderation policies with their verdict logic.
 //!
-//! A [`Task`] is the list of questions asked of every segment. Its [`Task::hash`] covers everything
+//! A [`QuestionPlan`] is the list of questions asked of every segment. Its [`QuestionPlan::hash`] covers everything
 //! that changes the model's input (system prompt, question texts and kinds, policy), so an index
 //! entry written under one hash is never mistaken for the answers to another task.
 
@@ -10,11 +10,10 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT;
+
 use super::parse::ParsedOutput;
 use super::{Error, Result};
-
-/// The system prompt Open-o3 Video was trained with for grounded free-form questions, verbatim.
-pub const OPEN_O3_SYSTEM_PROMPT: &str = vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT;
 
 /// Appended to a multiple-choice question.
 pub const MULTIPLE_CHOICE_SUFFIX: &str =
@@ -257,7 +256,7 @@ fn is_identifier(text: &str) -> bool {
 
 /// The questions asked of every segment of a pass, and the moderation policy they came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Task {
+pub struct QuestionPlan {
     /// Human-readable name, e.g. `index` or `moderation`.
     pub name: String,
     /// Questions, in the order asked.
@@ -267,7 +266,7 @@ pub struct Task {
     pub policy: Option<ModerationPolicy>,
 }
 
-impl Task {
+impl QuestionPlan {
     /// The default indexing task: one grounded description per segment.
     pub fn index() -> Self {
         Self {
@@ -368,7 +367,7 @@ impl Task {
     pub fn hash(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(b"vidx.task/v1\n");
-        hasher.update(OPEN_O3_SYSTEM_PROMPT.as_bytes());
+        hasher.update(OPEN_O3_GROUNDED_SYSTEM_PROMPT.as_bytes());
         hasher.update(b"\n");
         // Serialising a struct of strings and enums cannot fail.
         let canonical = serde_json::to_vec(self).unwrap_or_default();
@@ -408,26 +407,32 @@ categories:
 
     #[test]
     fn system_prompt_is_the_trained_one() {
-        assert!(OPEN_O3_SYSTEM_PROMPT.starts_with("A conversation between user and assistant."));
         assert!(
-            OPEN_O3_SYSTEM_PROMPT.contains(
+            OPEN_O3_GROUNDED_SYSTEM_PROMPT
+                .starts_with("A conversation between user and assistant.")
+        );
+        assert!(
+            OPEN_O3_GROUNDED_SYSTEM_PROMPT.contains(
                 "`<obj>object_name</obj><box>bounding_box</box>at<t>time_in_seconds</t>s`"
             )
         );
-        assert!(OPEN_O3_SYSTEM_PROMPT.ends_with("tags like <obj>, <box>, <t> are not needed."));
+        assert!(
+            OPEN_O3_GROUNDED_SYSTEM_PROMPT.ends_with("tags like <obj>, <box>, <t> are not needed.")
+        );
     }
 
     #[test]
     fn multiple_choice_prompt_gets_suffix() {
         let task =
-            Task::multiple_choice(&["What is the man doing? (A) running (B) sitting"]).unwrap();
+            QuestionPlan::multiple_choice(&["What is the man doing? (A) running (B) sitting"])
+                .unwrap();
         assert_eq!(
             task.questions[0].prompt_text(),
             "What is the man doing? (A) running (B) sitting Only output the correct option in the <answer> </answer> section."
         );
-        let task = Task::free_form(&["Where is the dog?"]).unwrap();
+        let task = QuestionPlan::free_form(&["Where is the dog?"]).unwrap();
         assert_eq!(task.questions[0].prompt_text(), "Where is the dog?");
-        assert!(Task::free_form(&[" "]).is_err());
+        assert!(QuestionPlan::free_form(&[" "]).is_err());
     }
 
     #[test]
@@ -436,7 +441,7 @@ categories:
         assert_eq!(policy.categories.len(), 2);
         assert_eq!(policy.categories[0].severity, Severity::High);
         assert_eq!(policy.categories[1].min_grounded_claims, None);
-        let task = Task::moderation(policy).unwrap();
+        let task = QuestionPlan::moderation(policy).unwrap();
         assert_eq!(task.questions[1].id, "smoking");
         let category = task.category_for(&task.questions[0]).unwrap();
         assert_eq!(category.name, "weapons");
@@ -528,7 +533,7 @@ categories:
     #[test]
     fn index_and_moderation_share_a_task() {
         let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
-        let task = Task::index_and_moderation(policy).unwrap();
+        let task = QuestionPlan::index_and_moderation(policy).unwrap();
         let ids: Vec<&str> = task
             .questions
             .iter()
@@ -544,17 +549,17 @@ categories:
             "categories:\n  - {name: index, question: q, flagged_answer: 'yes', severity: low}\n",
         )
         .unwrap();
-        assert!(Task::index_and_moderation(reserved).is_err());
+        assert!(QuestionPlan::index_and_moderation(reserved).is_err());
     }
 
     #[test]
     fn task_hash_changes_with_questions() {
-        let index = Task::index();
-        assert_eq!(index.hash(), Task::index().hash());
+        let index = QuestionPlan::index();
+        assert_eq!(index.hash(), QuestionPlan::index().hash());
         assert_eq!(index.hash().len(), 64);
-        let other = Task::free_form(&["Where is the dog?"]).unwrap();
+        let other = QuestionPlan::free_form(&["Where is the dog?"]).unwrap();
         assert_ne!(index.hash(), other.hash());
-        let mut changed = Task::index();
+        let mut changed = QuestionPlan::index();
         changed.questions[0].text.push('!');
         assert_ne!(index.hash(), changed.hash());
     }

@@ -32,84 +32,148 @@ impl std::fmt::Display for Budget {
 pub enum MediaError {
     /// The video address cannot be parsed or names no supported store.
     #[error("invalid video url {url}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The sampling request itself is invalid (negative rate, empty segment, ...).
     #[error("invalid sampling spec: {reason}")]
-    InvalidSpec { reason: String },
+    InvalidSpec {
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The object does not exist.
     #[error("video not found: {uri}")]
-    NotFound { uri: String },
+    NotFound {
+        /// The video's address.
+        uri: String,
+    },
     /// The store refused access (bad or missing credentials, no permission).
     #[error("access denied reading {uri}: {source}")]
     AccessDenied {
+        /// The video's address.
         uri: String,
+        /// The store's error.
         source: object_store::Error,
     },
     /// The store could not be reached or answered with an error; often transient.
     #[error("object store error reading {uri}: {source}")]
     Store {
+        /// The video's address.
         uri: String,
+        /// The store's error.
         source: object_store::Error,
     },
     /// A single ranged read did not complete in time.
     #[error("read of {uri} timed out after {after:?}")]
-    ReadTimeout { uri: String, after: Duration },
+    ReadTimeout {
+        /// The video's address.
+        uri: String,
+        /// How long the read waited.
+        after: Duration,
+    },
     /// The object has zero bytes.
     #[error("video is empty (zero bytes): {uri}")]
-    Empty { uri: String },
+    Empty {
+        /// The video's address.
+        uri: String,
+    },
     /// The bytes are not a container FFmpeg recognises (a text file, an image, garbage).
     #[error("not a recognised video container: {uri}: {reason}")]
-    UnrecognizedFormat { uri: String, reason: String },
+    UnrecognizedFormat {
+        /// The video's address.
+        uri: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The container holds no video stream (for example an audio-only file).
     #[error("no video stream in {uri}")]
-    NoVideoStream { uri: String },
+    NoVideoStream {
+        /// The video's address.
+        uri: String,
+    },
     /// The video codec has no decoder in this FFmpeg build.
     #[error("unsupported video codec {codec} in {uri}")]
-    UnsupportedCodec { uri: String, codec: String },
+    UnsupportedCodec {
+        /// The video's address.
+        uri: String,
+        /// The codec's name.
+        codec: String,
+    },
     /// The container or bitstream is damaged.
     #[error("corrupt video {uri}: {reason}")]
-    Corrupt { uri: String, reason: String },
+    Corrupt {
+        /// The video's address.
+        uri: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The file ends before the data its own index points to: an interrupted upload.
     #[error(
         "truncated video {uri}: data ends at {decoded_until_s:.3}s of a declared {declared_s:.3}s"
     )]
     Truncated {
+        /// The video's address.
         uri: String,
+        /// Where the data ends, in seconds.
         decoded_until_s: f64,
+        /// The duration the container declares, in seconds.
         declared_s: f64,
     },
     /// The video stream exists but not a single frame could be decoded from it.
     #[error("no decodable frames in {uri}")]
-    NoFrames { uri: String },
+    NoFrames {
+        /// The video's address.
+        uri: String,
+    },
     /// The frame is larger than the configured pixel limit.
     #[error("video {uri} is {width}x{height}, over the limit of {limit} pixels per frame")]
     TooLarge {
+        /// The video's address.
         uri: String,
+        /// Frame width in pixels.
         width: u32,
+        /// Frame height in pixels.
         height: u32,
+        /// The configured limit in pixels per frame.
         limit: u64,
     },
     /// A decoding budget ran out before the request was served.
     #[error("{budget} budget exceeded decoding {uri}: {detail}")]
     BudgetExceeded {
+        /// The video's address.
         uri: String,
+        /// The budget that ran out.
         budget: Budget,
+        /// What was spent against it.
         detail: String,
     },
     /// The caller's frame handler stopped sampling; its own error says why.
     #[error("sampling of {uri} stopped by its caller: {reason}")]
-    Stopped { uri: String, reason: String },
+    Stopped {
+        /// The video's address.
+        uri: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// Writing frames or a manifest to local disk failed.
     #[error("writing output {path}: {source}")]
     Output {
+        /// The file being written.
         path: String,
+        /// The file system's error.
         source: std::io::Error,
     },
     /// An FFmpeg call failed in a way not covered above.
     #[error("ffmpeg {context} failed for {uri}: {source}")]
     Ffmpeg {
+        /// The video's address.
         uri: String,
+        /// The FFmpeg step that failed.
         context: &'static str,
+        /// FFmpeg's error.
         source: ffmpeg_next::Error,
     },
 }

@@ -9,6 +9,7 @@
 //! [`MediaError`] that says whether a retry could help.
 
 mod convert;
+mod decode;
 mod demux;
 mod error;
 mod export;

@@ -18,10 +18,11 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use tracing::debug;
 
 use super::convert::RgbConverter;
+use super::decode::{CallShared, Counters, Delivery, RunEnd, Sampler};
 use super::demux::OpenedVideo;
 use super::error::Result;
 use super::reader::ReadOptions;
-use super::sample::{CallShared, Counters, Delivery, Frame, Plan, RunEnd, Sampler};
+use super::sample::{Frame, Plan};
 use super::source::VideoSource;
 
 /// How many decoders to run and how many threads each may use.

@@ -3,20 +3,19 @@
 //! sampled frames are fetched and only a few megabytes are held at once.
 //!
 //! FFmpeg pulls bytes from this reader through `ffmpeg_next`'s custom I/O context on the decode
-//! thread. That thread is not an async runtime thread: each ranged read is spawned onto a tokio
-//! runtime and waited for with a timeout over a plain channel, so a stalled store turns into a
+//! thread. That thread is not an async runtime thread: each ranged read goes through the worker's
+//! one async bridge ([`crate::bridge::wait`]) with a deadline, so a stalled store turns into a
 //! typed, retryable error instead of a hang, and calling from an unexpected thread cannot panic.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::GetOptions;
-use tokio::runtime::Handle;
 
 use super::error::{MediaError, Result};
 use super::source::VideoSource;
@@ -77,57 +76,20 @@ impl ReaderShared {
     }
 }
 
-/// The runtime that runs store requests: the caller's, when called from inside one (for example
-/// from `spawn_blocking`), or else a small one owned by this module.
-fn io_runtime() -> Result<Handle> {
-    if let Ok(handle) = Handle::try_current() {
-        return Ok(handle);
-    }
-    static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
-        OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("vidx-media-io")
-            .enable_all()
-            .build()
-            .map_err(|error| error.to_string())
-    });
-    match runtime {
-        Ok(runtime) => Ok(runtime.handle().clone()),
-        Err(reason) => Err(MediaError::Store {
-            uri: String::new(),
-            source: object_store::Error::Generic {
-                store: "runtime",
-                source: format!("cannot start the media i/o runtime: {reason}").into(),
-            },
-        }),
-    }
-}
-
-/// Runs `future` on `runtime` and waits for it on this (blocking) thread for at most `timeout`.
+/// Runs a store request from the decode thread through the [bridge](crate::bridge), with the
+/// reader's deadline.
 fn run_with_timeout<T: Send + 'static>(
-    runtime: &Handle,
     timeout: Duration,
     future: impl Future<Output = std::result::Result<T, object_store::Error>> + Send + 'static,
 ) -> std::result::Result<T, WaitError> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    let task = runtime.spawn(async move {
-        let _ = sender.send(future.await);
-    });
-    match receiver.recv_timeout(timeout) {
+    match crate::bridge::wait(Some(timeout), future) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(WaitError::Store(error)),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            task.abort();
-            Err(WaitError::Timeout)
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            Err(WaitError::Store(object_store::Error::Generic {
-                store: "runtime",
-                source: "the store request task ended without an answer".into(),
-            }))
-        }
+        Err(crate::bridge::WaitError::Timeout(_)) => Err(WaitError::Timeout),
+        Err(other) => Err(WaitError::Store(object_store::Error::Generic {
+            store: "runtime",
+            source: other.to_string().into(),
+        })),
     }
 }
 
@@ -139,7 +101,6 @@ enum WaitError {
 /// Ranged, cached reader over one object. Created by [`ObjectReader::open`].
 pub struct ObjectReader {
     source: VideoSource,
-    runtime: Handle,
     options: ReadOptions,
     size: u64,
     position: u64,
@@ -163,10 +124,9 @@ impl ObjectReader {
     /// Looks up the object's size and returns a reader positioned at its start. A zero-byte object
     /// is refused here with [`MediaError::Empty`].
     pub fn open(source: &VideoSource, options: &ReadOptions) -> Result<Self> {
-        let runtime = io_runtime()?;
         let store = Arc::clone(&source.store);
         let path = source.path.clone();
-        let meta = run_with_timeout(&runtime, options.request_timeout, async move {
+        let meta = run_with_timeout(options.request_timeout, async move {
             Ok(store
                 .get_opts(&path, GetOptions::new().with_head(true))
                 .await?
@@ -195,7 +155,6 @@ impl ObjectReader {
         };
         Ok(Self {
             source: source.clone(),
-            runtime,
             options,
             size: meta.size,
             position: 0,
@@ -240,7 +199,7 @@ impl ObjectReader {
         let store = Arc::clone(&self.source.store);
         let path = self.source.path.clone();
         let request_range = range.clone();
-        let fetched = run_with_timeout(&self.runtime, self.options.request_timeout, async move {
+        let fetched = run_with_timeout(self.options.request_timeout, async move {
             let options = GetOptions::new().with_range(Some(request_range));
             store.get_opts(&path, options).await?.bytes().await
         });
@@ -374,9 +333,8 @@ mod tests {
     fn source_with(bytes: Vec<u8>) -> VideoSource {
         let store = Arc::new(InMemory::new());
         let path = Path::from("video.bin");
-        let runtime = io_runtime().unwrap();
         let (put_store, put_path) = (Arc::clone(&store), path.clone());
-        run_with_timeout(&runtime, Duration::from_secs(5), async move {
+        run_with_timeout(Duration::from_secs(5), async move {
             put_store
                 .put_opts(&put_path, bytes.into(), Default::default())
                 .await

@@ -1,6 +1,6 @@
 //! Where a video lives: a URL parsed into an `object_store` store and a path inside it.
 //!
-//! Cloud stores come from `vidx_coordinator::objects::store_for_url`, the one place URLs become
+//! Cloud stores come from `vidx_core::objects::store_for_url`, the one place URLs become
 //! stores, configured from the environment the way each cloud's own tools are (`AWS_*`
 //! including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for S3-compatible servers, `GOOGLE_*`,
 //! `AZURE_*`). Plain paths, relative or absolute, and `file://` URLs are read from the local file
@@ -86,7 +86,7 @@ impl VideoSource {
                 .map_err(|()| invalid("not a local file path".into()))?;
             return Self::local_path(address, &file);
         }
-        let (store, path) = vidx_coordinator::objects::store_for_url(&url, &options)
+        let (store, path) = vidx_core::objects::store_for_url(&url, &options)
             .map_err(|error| invalid(error.to_string()))?;
         if path.as_ref().is_empty() {
             return Err(invalid("the url names a bucket but no object".into()));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use vidx_worker::evidence::document::DocumentHeader;
 use vidx_worker::evidence::{
-    FrameGeometry, ModelInfo, ProbeFacts, Rotation, SegmentClock, Task, VideoDocument,
+    FrameGeometry, ModelInfo, ProbeFacts, QuestionPlan, Rotation, SegmentClock, VideoDocument,
     VideoDocumentBuilder, VideoIdentity,
 };
 
@@ -39,7 +39,7 @@ pub fn model() -> ModelInfo {
 }
 
 /// A 1280x720 video, rotation as given, shown to the model at 448x252 (or 252x448 when rotated).
-pub fn header(url: &str, task: Task, rotation: Rotation) -> DocumentHeader {
+pub fn header(url: &str, task: QuestionPlan, rotation: Rotation) -> DocumentHeader {
     let (model_width, model_height) = if rotation.swaps_axes() {
         (252, 448)
     } else {
@@ -78,7 +78,7 @@ pub fn clocks() -> Vec<SegmentClock> {
 }
 
 /// A document with the given answers per (segment, question id).
-pub fn document(url: &str, task: Task, answers: &[(u32, &str, &str)]) -> VideoDocument {
+pub fn document(url: &str, task: QuestionPlan, answers: &[(u32, &str, &str)]) -> VideoDocument {
     let mut builder = VideoDocumentBuilder::new(header(url, task, Rotation::R0));
     for clock in clocks() {
         builder.add_segment(clock).unwrap();

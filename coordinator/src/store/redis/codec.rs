@@ -23,8 +23,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::domain::{JobState, NewJob};
 use crate::error::{Error, Result};
+use vidx_core::domain::{JobState, NewJob};
 
 /// Jobs whose records share one Redis hash. A job has two fields at most at any time (`v` before
 /// it is done, `r` after), so a full bucket has at most 128 fields and stays a listpack.

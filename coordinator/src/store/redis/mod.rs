@@ -34,12 +34,12 @@ use super::{
     Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state, page_token,
     segment_jobs, throughput, validate_segments,
 };
-use crate::domain::{
+use crate::error::{Error, Result};
+use crate::store::memory::{jobs_scope, new_pass_id};
+use vidx_core::domain::{
     Completed, Completion, ErrorReport, FailOutcome, Heartbeat, Job, JobCounts, JobState,
     LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
 };
-use crate::error::{Error, Result};
-use crate::store::memory::{jobs_scope, new_pass_id};
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
@@ -395,6 +395,17 @@ fn checked(reply: Vec<String>, subject: impl FnOnce() -> String) -> Result<Vec<S
             state: JobState::parse(&detail()).unwrap_or(JobState::Pending),
         }),
         other => Err(Error::Corrupt(format!("unexpected script reply {other:?}"))),
+    }
+}
+
+/// [`checked`] for a script about one job: not found names the job, a stale lease carries its id.
+fn checked_job(reply: Vec<String>, job_id: &str) -> Result<Vec<String>> {
+    match checked(reply, || format!("job {job_id}")) {
+        Err(Error::StaleLease { state, .. }) => Err(Error::StaleLease {
+            job_id: job_id.to_owned(),
+            state,
+        }),
+        other => other,
     }
 }
 

@@ -308,7 +308,7 @@ impl JobStore for RedisStore {
         extend_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<Heartbeat> {
-        let reply = checked(
+        let reply = checked_job(
             self.run(
                 &self.scripts.heartbeat,
                 &[
@@ -319,7 +319,7 @@ impl JobStore for RedisStore {
                 ],
             )
             .await?,
-            || format!("job {job_id}"),
+            job_id,
         )?;
         Ok(Heartbeat {
             deadline_ms: parse_i64(&reply, 1)?,
@@ -372,7 +372,7 @@ impl JobStore for RedisStore {
                     .arg(encode_version(&child)?);
             }
         }
-        let reply = checked(self.call(invocation).await?, || job_id.to_owned())?;
+        let reply = checked_job(self.call(invocation).await?, job_id)?;
         Ok(Completed {
             lease_held_ms: parse_i64(&reply, 1)?,
             segments_created: parse_i64(&reply, 2)?.max(0) as u32,
@@ -387,7 +387,7 @@ impl JobStore for RedisStore {
         retryable: bool,
         now_ms: i64,
     ) -> Result<FailOutcome> {
-        let reply = checked(
+        let reply = checked_job(
             self.run(
                 &self.scripts.fail,
                 &[
@@ -401,7 +401,7 @@ impl JobStore for RedisStore {
                 ],
             )
             .await?,
-            || job_id.to_owned(),
+            job_id,
         )?;
         let state = JobState::parse(&reply[1])
             .ok_or_else(|| Error::Corrupt(format!("fail script replied {reply:?}")))?;

@@ -1,4 +1,5 @@
-//! The work of one job: the [`Processor`] that turns a leased job into an evidence document.
+//! The work of one job: [`VideoJobRunner`], the [`JobRunner`] that turns a leased job into an
+//! evidence document.
 //!
 //! Probe the video; a whole-video job longer than the pass's segment length is split instead of
 //! processed. Otherwise sample the segment's frames, encode them with the vision tower once,
@@ -7,76 +8,75 @@
 //! and absolute time, store frame thumbnails, and write the document. A document that already
 //! exists (same video, model and task) is not computed again.
 //!
-//! Runs on a blocking thread: object-store calls go through the runtime handle it was given.
+//! Runs on a blocking thread: object-store calls go through the worker's one async bridge,
+//! [`crate::bridge`].
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::runtime::Handle;
 use tracing::info;
-use vidx_coordinator::domain::{LeasedJob, Segment, Task as PassTask};
+use vidx_core::domain::{LeasedJob, Segment, TaskSpec};
 use vidx_model::generation::GenerationParams;
 use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
 
+use crate::bridge::{WaitError, block_on};
 use crate::evidence::document::DocumentHeader;
 use crate::evidence::store::EncodedImage;
 use crate::evidence::{
-    self, EvidenceIndex, FrameGeometry, ModelInfo, ModerationPolicy, ProbeFacts, Rotation,
-    SegmentClock, Task, VideoDocumentBuilder, VideoIdentity,
+    self, EvidenceIndex, FrameGeometry, ModelInfo, ModerationPolicy, ProbeFacts, QuestionPlan,
+    Rotation, SegmentClock, VideoDocumentBuilder, VideoIdentity,
 };
 use crate::media::{self, MediaError, ProbeOptions, SampleOptions, SamplingSpec, VideoSource};
-use crate::runtime::{CancelFlag, JobFailure, Outcome, Processor};
+use crate::runtime::{CancelFlag, JobFailure, JobRunner, Outcome};
 
 /// Widest stored thumbnail; boxes are stored in source pixels and scaled when drawn.
 const THUMBNAIL_MAX_WIDTH: usize = 640;
 
-/// Reads, reasons and writes evidence for one job at a time.
-pub struct Pipeline {
+/// The [`JobRunner`] for video jobs: reads, reasons and writes evidence for one job at a time.
+pub struct VideoJobRunner {
     model: Arc<OpenO3Video>,
     model_info: ModelInfo,
     generation: GenerationParams,
-    runtime: Handle,
 }
 
-impl std::fmt::Debug for Pipeline {
+impl std::fmt::Debug for VideoJobRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
+        f.debug_struct("VideoJobRunner")
             .field("model", &self.model_info)
             .finish_non_exhaustive()
     }
 }
 
-impl Pipeline {
-    /// A pipeline over a loaded model; `runtime` runs the object-store calls.
+impl VideoJobRunner {
+    /// A runner over a loaded model. Its object-store calls go through [`crate::bridge`], on the
+    /// runtime of the blocking thread that runs the job.
     pub fn new(
         model: Arc<OpenO3Video>,
         model_info: ModelInfo,
         generation: GenerationParams,
-        runtime: Handle,
     ) -> Self {
-        Pipeline {
+        VideoJobRunner {
             model,
             model_info,
             generation,
-            runtime,
         }
     }
 }
 
 /// The evidence task a pass asks for.
-pub fn evidence_task(task: &PassTask) -> Result<Task, evidence::Error> {
+pub fn question_plan(task: &TaskSpec) -> Result<QuestionPlan, evidence::Error> {
     match task {
-        PassTask::Index { prompt: None } => Ok(Task::index()),
-        PassTask::Index {
+        TaskSpec::Index { prompt: None } => Ok(QuestionPlan::index()),
+        TaskSpec::Index {
             prompt: Some(prompt),
-        } => Task::free_form(&[prompt.as_str()]),
-        PassTask::Questions { questions } => {
+        } => QuestionPlan::free_form(&[prompt.as_str()]),
+        TaskSpec::Questions { questions } => {
             let questions: Vec<&str> = questions.iter().map(String::as_str).collect();
-            Task::free_form(&questions)
+            QuestionPlan::free_form(&questions)
         }
-        PassTask::Moderation { policy_yaml } => {
-            Task::moderation(ModerationPolicy::from_yaml(policy_yaml)?)
+        TaskSpec::Moderation { policy_yaml } => {
+            QuestionPlan::moderation(ModerationPolicy::from_yaml(policy_yaml)?)
         }
     }
 }
@@ -100,6 +100,13 @@ fn index_failure(stage: &str, error: evidence::Error) -> JobFailure {
     // Writing to the index fails for store reasons, which a later attempt may not meet.
     JobFailure {
         reason: format!("{stage}: {error}"),
+        retryable: true,
+    }
+}
+
+fn bridge_failure(error: WaitError) -> JobFailure {
+    JobFailure {
+        reason: format!("index i/o: {error}"),
         retryable: true,
     }
 }
@@ -183,11 +190,11 @@ fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
     })
 }
 
-impl Processor for Pipeline {
-    fn process(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+impl JobRunner for VideoJobRunner {
+    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
         let spec = &job.job.spec;
         let task =
-            evidence_task(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
+            question_plan(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
         let source =
             VideoSource::from_url(&spec.video_url).map_err(|error| media_failure("open", error))?;
         let probe = media::probe_source(&source, &ProbeOptions::default())
@@ -220,7 +227,7 @@ impl Processor for Pipeline {
             checksum: None,
         };
         let document_key = index.document_key(&identity, &self.model_info, &task.hash());
-        let already = self.runtime.block_on(index.is_indexed(&document_key));
+        let already = block_on(index.is_indexed(&document_key)).map_err(bridge_failure)?;
         if already.map_err(|error| index_failure("index", error))? {
             info!(key = %document_key, "already indexed");
             return Ok(Outcome::Done {
@@ -332,7 +339,7 @@ impl Processor for Pipeline {
             .model
             .prefill(
                 &encoded,
-                evidence::task::OPEN_O3_SYSTEM_PROMPT,
+                vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT,
                 clock.duration_s(),
             )
             .map_err(model_failure)?;
@@ -358,18 +365,16 @@ impl Processor for Pipeline {
         }
 
         for (frame_index, encoded) in thumbnails.into_iter().enumerate() {
-            let thumbnail = self
-                .runtime
-                .block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))
+            let thumbnail = block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))
+                .map_err(bridge_failure)?
                 .map_err(|error| index_failure("thumbnail", error))?;
             builder
                 .set_thumbnail(0, frame_index, thumbnail)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
         let document = builder.finish();
-        let written = self
-            .runtime
-            .block_on(index.write_document(&document))
+        let written = block_on(index.write_document(&document))
+            .map_err(bridge_failure)?
             .map_err(|error| index_failure("write", error))?;
         info!(key = %written, claims = document.claim_count(), "evidence written");
         Ok(Outcome::Done {
@@ -393,19 +398,19 @@ mod tests {
     #[test]
     fn pass_tasks_become_evidence_tasks() {
         assert_eq!(
-            evidence_task(&PassTask::Index { prompt: None })
+            question_plan(&TaskSpec::Index { prompt: None })
                 .unwrap()
                 .questions
                 .len(),
             1
         );
-        let questions = PassTask::Questions {
+        let questions = TaskSpec::Questions {
             questions: vec!["a?".into(), "b?".into()],
         };
-        assert_eq!(evidence_task(&questions).unwrap().questions.len(), 2);
-        let bad = PassTask::Moderation {
+        assert_eq!(question_plan(&questions).unwrap().questions.len(), 2);
+        let bad = TaskSpec::Moderation {
             policy_yaml: "not: [a policy".into(),
         };
-        assert!(evidence_task(&bad).is_err());
+        assert!(question_plan(&bad).is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! The one client for both coordinator services, used by the CLI and by workers. It converts
-//! messages into domain types, so callers never see generated code.
+//! The one client for both coordinator services, used by the CLI, the autoscaler and workers.
+//! It converts messages into domain types through [`wire`](crate::wire), and statuses into the
+//! same [`Error`] variants the in-process coordinator returns, so callers never see generated
+//! code or status codes. Every method takes `&self`: clones share one HTTP/2 connection.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,13 +11,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{AttachToken, Token};
 use crate::domain::{
-    Completion, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec, PassStatus,
+    Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec,
+    PassStatus, collect_pages,
 };
 use crate::error::{Error, Result};
-use crate::grpc::{
-    job_state_to_pb, sampling_from_pb, sampling_to_pb, status_from_pb, task_from_pb, task_to_pb,
-};
-use crate::store::Created;
+use crate::wire::job_state_filter_to_pb;
 use vidx_proto::v1 as pb;
 use vidx_proto::v1::pass_service_client::PassServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
@@ -88,45 +88,47 @@ impl CoordinatorClient {
     }
 
     /// Submits a pass.
-    pub async fn submit(&mut self, spec: &PassSpec) -> Result<Created> {
+    pub async fn submit(&self, spec: &PassSpec) -> Result<Created> {
         let response = self
             .passes
-            .submit_pass(pb::SubmitPassRequest {
-                source: spec.source.clone(),
-                destination: spec.destination.clone(),
-                task: Some(task_to_pb(&spec.task)),
-                sampling: Some(sampling_to_pb(&spec.sampling)),
-                idempotency_key: spec.idempotency_key.clone().unwrap_or_default(),
-                max_attempts: spec.max_attempts,
-            })
-            .await?
-            .into_inner();
-        Ok(Created {
-            pass_id: response.pass_id,
-            existing: response.existing,
-        })
+            .clone()
+            .submit_pass(pb::SubmitPassRequest::from(spec))
+            .await?;
+        Ok(Created::from(response.into_inner()))
     }
 
     /// A pass's status.
-    pub async fn status(&mut self, pass_id: &str) -> Result<PassStatus> {
+    pub async fn status(&self, pass_id: &str) -> Result<PassStatus> {
         let status = self
             .passes
+            .clone()
             .get_pass(pb::GetPassRequest {
                 pass_id: pass_id.to_owned(),
             })
+            .await?;
+        PassStatus::try_from(status.into_inner())
+    }
+
+    /// The workers holding a lease now, sorted, each once.
+    pub async fn lease_holders(&self) -> Result<Vec<String>> {
+        Ok(self
+            .workers
+            .clone()
+            .list_lease_holders(pb::ListLeaseHoldersRequest {})
             .await?
-            .into_inner();
-        status_from_pb(status)
+            .into_inner()
+            .worker_ids)
     }
 
     /// A page of passes, newest first.
     pub async fn list_passes(
-        &mut self,
+        &self,
         page_size: u32,
         token: Option<String>,
     ) -> Result<Page<PassStatus>> {
         let response = self
             .passes
+            .clone()
             .list_passes(pb::ListPassesRequest {
                 page_size,
                 page_token: token.unwrap_or_default(),
@@ -137,15 +139,15 @@ impl CoordinatorClient {
             items: response
                 .passes
                 .into_iter()
-                .map(status_from_pb)
+                .map(PassStatus::try_from)
                 .collect::<Result<_>>()?,
             next: (!response.next_page_token.is_empty()).then_some(response.next_page_token),
         })
     }
 
-    /// A page of a pass's jobs.
+    /// A page of a pass's jobs, optionally only those in `state`.
     pub async fn list_jobs(
-        &mut self,
+        &self,
         pass_id: &str,
         state: Option<JobState>,
         page_size: u32,
@@ -153,9 +155,10 @@ impl CoordinatorClient {
     ) -> Result<Page<Job>> {
         let response = self
             .passes
+            .clone()
             .list_jobs(pb::ListJobsRequest {
                 pass_id: pass_id.to_owned(),
-                state: state.map_or(pb::JobState::Unspecified, job_state_to_pb) as i32,
+                state: job_state_filter_to_pb(state),
                 page_size,
                 page_token: token.unwrap_or_default(),
             })
@@ -165,22 +168,36 @@ impl CoordinatorClient {
             items: response
                 .jobs
                 .into_iter()
-                .map(job_from_pb)
+                .map(Job::try_from)
                 .collect::<Result<_>>()?,
             next: (!response.next_page_token.is_empty()).then_some(response.next_page_token),
         })
     }
 
+    /// Up to `limit` of a pass's jobs, walking the pages.
+    pub async fn jobs(
+        &self,
+        pass_id: &str,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        collect_pages(limit, |token, page_size| {
+            self.list_jobs(pass_id, state, page_size, token)
+        })
+        .await
+    }
+
     /// Cancels a pass.
-    pub async fn cancel(&mut self, pass_id: &str) -> Result<PassStatus> {
+    pub async fn cancel(&self, pass_id: &str) -> Result<PassStatus> {
         let response = self
             .passes
+            .clone()
             .cancel_pass(pb::CancelPassRequest {
                 pass_id: pass_id.to_owned(),
             })
             .await?
             .into_inner();
-        status_from_pb(
+        PassStatus::try_from(
             response
                 .status
                 .ok_or_else(|| Error::Corrupt("cancel reply has no status".into()))?,
@@ -189,13 +206,14 @@ impl CoordinatorClient {
 
     /// Leases up to `max_jobs` jobs for `lease_ms` milliseconds (0: the coordinator's default).
     pub async fn lease(
-        &mut self,
+        &self,
         worker_id: &str,
         max_jobs: u32,
         lease_ms: u64,
     ) -> Result<Vec<LeasedJob>> {
         let response = self
             .workers
+            .clone()
             .lease_jobs(pb::LeaseJobsRequest {
                 worker_id: worker_id.to_owned(),
                 max_jobs,
@@ -203,51 +221,42 @@ impl CoordinatorClient {
             })
             .await?
             .into_inner();
-        response.jobs.into_iter().map(leased_from_pb).collect()
+        response.jobs.into_iter().map(LeasedJob::try_from).collect()
     }
 
     /// Extends a lease.
     pub async fn heartbeat(
-        &mut self,
+        &self,
         job_id: &str,
         lease_id: &str,
         extend_ms: u64,
     ) -> Result<Heartbeat> {
         let response = self
             .workers
+            .clone()
             .heartbeat(pb::HeartbeatRequest {
                 job_id: job_id.to_owned(),
                 lease_id: lease_id.to_owned(),
                 extend_ms,
             })
-            .await?
-            .into_inner();
-        Ok(Heartbeat {
-            deadline_ms: response.deadline_ms,
-            cancelled: response.cancelled,
-        })
+            .await?;
+        Ok(Heartbeat::from(response.into_inner()))
     }
 
-    /// Reports a job done.
+    /// Reports a job done (or split into `completion.segments`).
     pub async fn complete(
-        &mut self,
+        &self,
         job_id: &str,
         lease_id: &str,
         completion: &Completion,
     ) -> Result<()> {
         self.workers
+            .clone()
             .complete_job(pb::CompleteJobRequest {
                 job_id: job_id.to_owned(),
                 lease_id: lease_id.to_owned(),
                 result_url: completion.result_url.clone().unwrap_or_default(),
-                segments: completion
-                    .segments
-                    .iter()
-                    .map(|segment| pb::Segment {
-                        start_s: segment.start_s,
-                        end_s: segment.end_s,
-                    })
-                    .collect(),
+                segments: completion.segments.iter().map(pb::Segment::from).collect(),
             })
             .await?;
         Ok(())
@@ -255,7 +264,7 @@ impl CoordinatorClient {
 
     /// Reports a job failed.
     pub async fn fail(
-        &mut self,
+        &self,
         job_id: &str,
         lease_id: &str,
         reason: &str,
@@ -263,6 +272,7 @@ impl CoordinatorClient {
     ) -> Result<FailOutcome> {
         let response = self
             .workers
+            .clone()
             .fail_job(pb::FailJobRequest {
                 job_id: job_id.to_owned(),
                 lease_id: lease_id.to_owned(),
@@ -271,72 +281,9 @@ impl CoordinatorClient {
             })
             .await?
             .into_inner();
-        let state = job_state_from_pb(response.state)?;
         Ok(FailOutcome {
-            state,
+            state: JobState::try_from(response.state)?,
             retry_at_ms: response.retry_at_ms,
         })
     }
-
-    /// The workers holding a lease now, sorted, each once.
-    pub async fn lease_holders(&mut self) -> Result<Vec<String>> {
-        Ok(self
-            .workers
-            .list_lease_holders(pb::ListLeaseHoldersRequest {})
-            .await?
-            .into_inner()
-            .worker_ids)
-    }
-}
-
-fn job_state_from_pb(raw: i32) -> Result<JobState> {
-    Ok(match pb::JobState::try_from(raw) {
-        Ok(pb::JobState::Pending) => JobState::Pending,
-        Ok(pb::JobState::Leased) => JobState::Leased,
-        Ok(pb::JobState::Done) => JobState::Done,
-        Ok(pb::JobState::Failed) => JobState::Failed,
-        Ok(pb::JobState::Dead) => JobState::Dead,
-        Ok(pb::JobState::Cancelled) => JobState::Cancelled,
-        _ => return Err(Error::Corrupt(format!("unknown job state {raw}"))),
-    })
-}
-
-fn job_from_pb(job: pb::Job) -> Result<Job> {
-    Ok(Job {
-        state: job_state_from_pb(job.state)?,
-        job_id: job.job_id,
-        pass_id: job.pass_id,
-        spec: crate::domain::NewJob {
-            video_url: job.video_url,
-            start_s: job.start_s,
-            end_s: job.end_s,
-            size_bytes: job.size_bytes,
-            etag: (!job.etag.is_empty()).then_some(job.etag),
-            probe: job.probe,
-        },
-        attempt: job.attempt,
-        last_error: (!job.last_error.is_empty()).then_some(job.last_error),
-        result_url: (!job.result_url.is_empty()).then_some(job.result_url),
-    })
-}
-
-fn leased_from_pb(leased: pb::LeasedJob) -> Result<LeasedJob> {
-    let job = job_from_pb(
-        leased
-            .job
-            .ok_or_else(|| Error::Corrupt("leased job has no job".into()))?,
-    )?;
-    Ok(LeasedJob {
-        job,
-        lease_id: leased.lease_id,
-        deadline_ms: leased.deadline_ms,
-        pass: PassSpec {
-            source: String::new(),
-            destination: leased.destination,
-            task: task_from_pb(leased.task)?,
-            sampling: sampling_from_pb(leased.sampling),
-            idempotency_key: None,
-            max_attempts: crate::domain::DEFAULT_MAX_ATTEMPTS,
-        },
-    })
 }

@@ -1,5 +1,6 @@
-//! The coordinator's own types: passes, jobs, leases. gRPC messages are converted into these at the
-//! edge (`grpc.rs`, `client.rs`), so nothing deeper depends on generated code.
+//! The domain types the coordinator and the worker share: passes, jobs, leases, pages. gRPC
+//! messages are converted into these at the edge ([`wire`](crate::wire)), so nothing deeper
+//! depends on generated code.
 
 use std::fmt;
 
@@ -26,7 +27,7 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
 /// What a pass asks of every video.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Task {
+pub enum TaskSpec {
     /// Index with one prompt; `None` selects the worker's default indexing prompt.
     Index {
         /// The prompt.
@@ -44,9 +45,9 @@ pub enum Task {
     },
 }
 
-impl Default for Task {
+impl Default for TaskSpec {
     fn default() -> Self {
-        Task::Index { prompt: None }
+        TaskSpec::Index { prompt: None }
     }
 }
 
@@ -105,7 +106,7 @@ pub struct PassSpec {
     /// Destination URL prefix for the evidence index.
     pub destination: String,
     /// What to ask.
-    pub task: Task,
+    pub task: TaskSpec,
     /// How to sample frames.
     pub sampling: Sampling,
     /// Submitting twice with the same key returns the same pass.
@@ -149,18 +150,18 @@ impl PassSpec {
         parse_store_url("destination", &self.destination)?;
         self.sampling.validate()?;
         match &self.task {
-            Task::Index {
+            TaskSpec::Index {
                 prompt: Some(prompt),
             } if prompt.len() > 16_384 => {
                 return Err(Error::invalid("prompt is longer than 16384 bytes"));
             }
-            Task::Questions { questions } if questions.is_empty() => {
+            TaskSpec::Questions { questions } if questions.is_empty() => {
                 return Err(Error::invalid("questions task has no questions"));
             }
-            Task::Questions { questions } if questions.iter().any(|q| q.trim().is_empty()) => {
+            TaskSpec::Questions { questions } if questions.iter().any(|q| q.trim().is_empty()) => {
                 return Err(Error::invalid("questions task has an empty question"));
             }
-            Task::Moderation { policy_yaml } if policy_yaml.trim().is_empty() => {
+            TaskSpec::Moderation { policy_yaml } if policy_yaml.trim().is_empty() => {
                 return Err(Error::invalid("moderation policy is empty"));
             }
             _ => {}
@@ -231,6 +232,17 @@ impl JobState {
     /// Done, dead and cancelled jobs never change again.
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Done | JobState::Dead | JobState::Cancelled)
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        JobState::parse(name.trim()).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|state| state.as_str()).collect();
+            format!("unknown job state {name:?} (one of: {})", names.join(", "))
+        })
     }
 }
 
@@ -483,6 +495,39 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// Walks a paged listing until its cursor ends or `limit` items are collected: `fetch` gets the
+/// cursor and how many items are still wanted (at most 1,000 a page). A page may be empty and
+/// still carry a cursor (a filtered listing scans a bounded stretch per call), so only the
+/// cursor ends the walk.
+pub async fn collect_pages<T, E, F, Fut>(limit: usize, mut fetch: F) -> Result<Vec<T>, E>
+where
+    F: FnMut(Option<String>, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, E>>,
+{
+    let mut items = Vec::new();
+    let mut token = None;
+    while items.len() < limit {
+        let wanted = (limit - items.len()).min(1_000) as u32;
+        let page = fetch(token, wanted).await?;
+        items.extend(page.items);
+        token = page.next;
+        if token.is_none() {
+            break;
+        }
+    }
+    items.truncate(limit);
+    Ok(items)
+}
+
+/// The newly created pass, or the existing one for a repeated idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The pass id.
+    pub pass_id: String,
+    /// True when the idempotency key matched an existing pass.
+    pub existing: bool,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -499,7 +544,7 @@ mod tests {
         PassSpec {
             source: "s3://bucket/videos/".into(),
             destination: "file:///tmp/out/".into(),
-            task: Task::default(),
+            task: TaskSpec::default(),
             sampling: Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,

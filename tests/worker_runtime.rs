@@ -7,24 +7,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vidx_coordinator::auth::Token;
-use vidx_coordinator::client::{ClientConfig, CoordinatorClient};
-use vidx_coordinator::domain::{LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment, Task};
+use tokio_util::sync::CancellationToken;
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::server::{self, ServerConfig};
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
-use vidx_worker::runtime::{
-    CancelFlag, JobFailure, JobSource, Outcome, Processor, WorkerConfig, run,
-};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::{LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec};
+use vidx_core::source::JobSource;
+use vidx_worker::runtime::{CancelFlag, JobFailure, JobRunner, Outcome, WorkerConfig, run};
 
 /// Decides each job's outcome from its video name, the way real inputs differ.
 struct ByName {
     calls: AtomicU32,
 }
 
-impl Processor for ByName {
-    fn process(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+impl JobRunner for ByName {
+    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let url = &job.job.spec.video_url;
         if url.contains("long") && job.job.spec.probe {
@@ -70,7 +70,7 @@ async fn pass(coordinator: &Coordinator, names: &[&str]) -> String {
     let spec = PassSpec {
         source: "file:///corpus/".into(),
         destination: "file:///index/".into(),
-        task: Task::default(),
+        task: TaskSpec::default(),
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
@@ -151,7 +151,7 @@ async fn a_worker_over_grpc_reports_every_outcome() {
 /// checks each outcome was recorded.
 async fn every_outcome_through(source: Arc<dyn JobSource>, coordinator: &Coordinator) {
     let pass_id = pass(coordinator, &["good", "corrupt", "flaky", "panic", "long"]).await;
-    let processor = Arc::new(ByName {
+    let runner = Arc::new(ByName {
         calls: AtomicU32::new(0),
     });
     let config = WorkerConfig {
@@ -159,13 +159,13 @@ async fn every_outcome_through(source: Arc<dyn JobSource>, coordinator: &Coordin
         idle_poll: Duration::from_millis(5),
         ..WorkerConfig::default()
     };
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped = CancellationToken::new();
     let mut total = vidx_worker::runtime::Tally::default();
     // Retries are due after 1 ms; a few idle rounds pick them up.
     for _ in 0..50 {
         let tally = run(
             source.clone(),
-            processor.clone(),
+            runner.clone(),
             config.clone(),
             stopped.clone(),
         )
@@ -211,7 +211,7 @@ async fn every_outcome_through(source: Arc<dyn JobSource>, coordinator: &Coordin
 async fn cancelling_the_pass_stops_the_job_in_hand() {
     let coordinator = coordinator();
     let pass_id = pass(&coordinator, &["slow"]).await;
-    let processor = Arc::new(ByName {
+    let runner = Arc::new(ByName {
         calls: AtomicU32::new(0),
     });
     let config = WorkerConfig {
@@ -219,13 +219,8 @@ async fn cancelling_the_pass_stops_the_job_in_hand() {
         lease: Duration::from_millis(1_200),
         ..WorkerConfig::default()
     };
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(run(
-        Arc::new(coordinator.clone()),
-        processor,
-        config,
-        stopped,
-    ));
+    let stopped = CancellationToken::new();
+    let worker = tokio::spawn(run(Arc::new(coordinator.clone()), runner, config, stopped));
     tokio::time::sleep(Duration::from_millis(200)).await;
     coordinator.cancel(&pass_id).await.unwrap();
     let tally = tokio::time::timeout(Duration::from_secs(10), worker)

@@ -8,8 +8,11 @@
 //! records every fragment it dropped with a typed reason, never panics, and runs in time linear in the
 //! input: one pass finds the tags, one pass over the tags builds the evidence.
 //!
-//! This file depends on `std` and `serde` only, so the `cargo fuzz` target in `worker/fuzz/` can
-//! compile it on its own without the worker's heavy dependencies.
+//! The crate depends on `std` and `serde` only (its manifest lists nothing else), so the
+//! `cargo fuzz` target in `worker/fuzz/` builds it without the worker's heavy dependencies. The
+//! worker uses it as `vidx_worker::evidence::parse`.
+
+#![warn(missing_docs)]
 
 use std::collections::HashSet;
 

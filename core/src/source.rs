@@ -1,0 +1,55 @@
+//! [`JobSource`]: the coordinator's worker-facing operations, as the worker sees them.
+//!
+//! Two implementations behave alike, and the conformance suite
+//! (`vidx_coordinator::source_conformance`) holds them to it: [`CoordinatorClient`] over gRPC,
+//! as `vidx worker` runs, and the in-process `vidx_coordinator::service::Coordinator`, as the
+//! embedded `vidx index` runs. Both return the same [`Error`](crate::Error) variant for the
+//! same cause; a fenced-off lease is always [`Error::StaleLease`](crate::Error::StaleLease).
+
+use async_trait::async_trait;
+
+use crate::client::CoordinatorClient;
+use crate::domain::{Completion, FailOutcome, Heartbeat, LeasedJob};
+use crate::error::Result;
+
+/// The coordinator's worker-facing operations. Every call but `lease` is fenced by the lease id
+/// the job was leased under.
+#[async_trait]
+pub trait JobSource: Send + Sync + 'static {
+    /// Leases up to `max_jobs` jobs for `lease_ms` milliseconds (0: the coordinator's default).
+    async fn lease(&self, worker_id: &str, max_jobs: u32, lease_ms: u64) -> Result<Vec<LeasedJob>>;
+    /// Extends a lease by `extend_ms`; the reply says whether the pass was cancelled.
+    async fn heartbeat(&self, job_id: &str, lease_id: &str, extend_ms: u64) -> Result<Heartbeat>;
+    /// Reports a job done, or split into the completion's segments.
+    async fn complete(&self, job_id: &str, lease_id: &str, completion: &Completion) -> Result<()>;
+    /// Reports a job failed; `retryable` failures come back after a backoff while attempts last.
+    async fn fail(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome>;
+}
+
+#[async_trait]
+impl JobSource for CoordinatorClient {
+    async fn lease(&self, worker_id: &str, max_jobs: u32, lease_ms: u64) -> Result<Vec<LeasedJob>> {
+        CoordinatorClient::lease(self, worker_id, max_jobs, lease_ms).await
+    }
+    async fn heartbeat(&self, job_id: &str, lease_id: &str, extend_ms: u64) -> Result<Heartbeat> {
+        CoordinatorClient::heartbeat(self, job_id, lease_id, extend_ms).await
+    }
+    async fn complete(&self, job_id: &str, lease_id: &str, completion: &Completion) -> Result<()> {
+        CoordinatorClient::complete(self, job_id, lease_id, completion).await
+    }
+    async fn fail(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome> {
+        CoordinatorClient::fail(self, job_id, lease_id, reason, retryable).await
+    }
+}
