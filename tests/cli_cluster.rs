@@ -120,12 +120,18 @@ fn client_commands_against_a_real_coordinator() {
     assert!(bad_token.contains("invalid token"), "{bad_token}");
     let unknown = error_of(&vidx(&url, TOKEN, &["status", "no-such-pass"]));
     assert!(unknown.contains("no-such-pass"), "{unknown}");
-    let bad_state = error_of(&vidx(
-        &url,
-        TOKEN,
-        &["jobs", &pass_id, "--state", "napping"],
-    ));
-    assert!(bad_state.contains("unknown job state"), "{bad_state}");
+    // A bad flag value is refused by the argument parser before anything is sent, on a line
+    // that names the flag and the values it takes.
+    let bad_state = vidx(&url, TOKEN, &["jobs", &pass_id, "--state", "napping"]);
+    assert!(!bad_state.status.success());
+    let bad_state = String::from_utf8_lossy(&bad_state.stderr);
+    let first = bad_state.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("--state")
+            && first.contains("unknown job state")
+            && first.contains("pending"),
+        "{bad_state}"
+    );
     let missing_source = error_of(&vidx(&url, TOKEN, &["submit", "", "--out", out_dir]));
     assert!(!missing_source.is_empty());
 }

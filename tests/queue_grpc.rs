@@ -346,8 +346,9 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
         lease_id: lease_id.to_owned(),
         ..Default::default()
     };
+    // A stale lease is ABORTED (a fencing conflict), distinct from every other refusal.
     let (code, message) = code_of(workers.complete_job(complete("999999")).await);
-    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert_eq!(code, Code::Aborted, "{message}");
     assert!(message.contains("stale lease"), "{message}");
     let (code, _) = code_of(
         workers
