@@ -3,12 +3,15 @@
 # then runs every test in the workspace. Tests start their own servers (redis-server, an
 # S3-compatible server) on loopback ports and stop them by pid.
 #
-# Before the tests it compiles the CUDA build, so it can never rot: the `vidx` binary and the model crate's
-# tests and benches with `--features cuda`, against the toolchain scripts/setup-cuda.sh installs.
-# Compile only: CI has no GPU, and a CUDA binary needs the NVIDIA driver even to start. It all
-# uses the release profile, because candle-kernels compiles its CUDA kernels in its build script,
-# once per profile (check and build share that run): one profile means the ~10+ minutes of nvcc
-# are paid once. VIDX_SKIP_CUDA=1 leaves the CUDA compile out (for a quick local run).
+# Before the tests it compiles the CUDA build, so it can never rot: the `vidx` binary and the
+# model crate's tests and benches with `--features cuda`, against the toolchain
+# scripts/setup-cuda.sh installs. Compile only: CI has no GPU, and a CUDA binary needs the NVIDIA
+# driver even to start. It uses the dev profile and the same target/ as the tests: the profile
+# optimises every dependency anyway (Cargo.toml), and only the crates the `cuda` feature changes
+# (candle, cudarc, candle-kernels, a few build-time crates and ours) are compiled twice, where a
+# release build would compile all ~400 again. candle-kernels compiles its CUDA kernels in its
+# build script once per profile, so CI pays for them once. The CUDA binary is kept as
+# target/vidx-cuda for tests/cuda_toolchain.rs. VIDX_SKIP_CUDA=1 leaves this step out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +27,11 @@ compile_cuda() (
   CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
   export CUDAFORGE_THREADS
   started=$(date +%s)
-  cargo build --release --locked --features cuda --bin vidx
-  cargo test --release --locked --features cuda --no-run -p vidx-model --lib --tests --benches
-  cargo test --release --locked --features cuda --no-run --test device_flags
+  cargo build --locked --features cuda --bin vidx
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  cp "$target_dir/debug/vidx" "$target_dir/vidx-cuda"
+  cargo test --locked --features cuda --no-run -p vidx-model --lib --tests --benches
+  cargo test --locked --features cuda --no-run --test device_flags --test cuda_toolchain
   echo "test.sh: CUDA build compiled in $(($(date +%s) - started)) s"
 )
 

@@ -6,7 +6,8 @@
 //! - Where the toolchain is installed (CI installs it before the tests), the script's second run
 //!   is the fast path and prints the exports, nvcc is 13.0, and the stub is `libcuda.so.1` with
 //!   every listed symbol.
-//! - Where a CUDA `vidx` has been built (`cargo build --release --features cuda`), it needs no
+//! - Where a CUDA `vidx` has been built (`target/vidx-cuda` from scripts/test.sh, or
+//!   `cargo build --release --features cuda`), it needs no
 //!   CUDA library beyond the driver, cuBLAS(Lt), the runtime and cuRAND.
 
 use std::collections::BTreeSet;
@@ -179,11 +180,17 @@ fn the_cuda_binary_needs_only_the_expected_cuda_libraries() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
-    let binary = target.join("release/vidx");
-    if !binary.is_file() {
-        eprintln!("skipped: no release vidx at {}", binary.display());
+    // scripts/test.sh keeps its CUDA build as vidx-cuda; `cargo build --release` makes the other.
+    let Some(binary) = [target.join("vidx-cuda"), target.join("release/vidx")]
+        .into_iter()
+        .find(|path| path.is_file())
+    else {
+        eprintln!(
+            "skipped: no vidx-cuda or release vidx under {}",
+            target.display()
+        );
         return;
-    }
+    };
     let dynamic = run("readelf", &["-d", binary.to_str().unwrap()]);
     let needed: Vec<&str> = dynamic
         .lines()
