@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use vidx_model::{DTypeSetting, DeviceSetting};
 
 use crate::telemetry::LogFormat;
 
@@ -290,23 +291,24 @@ pub struct ModelArgs {
     /// Most pixels per frame fed to the model (Open-o3 Video: 768*28*28).
     #[arg(long, env = "VIDX_MAX_PIXELS", default_value_t = 768 * 28 * 28)]
     pub max_pixels: usize,
-    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
-    /// Default: the first GPU in a CUDA build, else the CPU.
-    #[arg(long, env = "VIDX_DEVICE", value_parser = parse_device)]
-    pub device: Option<vidx_model::loading::DeviceKind>,
+    /// Where the model runs: `auto` (the first visible GPU in a build with the `cuda` feature,
+    /// else the CPU), `cpu`, or `cuda:N` (`cuda` is `cuda:0`). Asking for a GPU that this build
+    /// or this machine lacks is an error.
+    #[arg(long, env = "VIDX_DEVICE", default_value = "auto", value_parser = parse_setting::<DeviceSetting>)]
+    pub device: DeviceSetting,
+    /// The weights' and activations' precision: `auto` (bf16 on a GPU, f32 on the CPU),
+    /// `bf16`, `f16` or `f32`.
+    #[arg(long, env = "VIDX_DTYPE", default_value = "auto", value_parser = parse_setting::<DTypeSetting>)]
+    pub dtype: DTypeSetting,
 }
 
-fn parse_device(raw: &str) -> Result<vidx_model::loading::DeviceKind, String> {
-    use vidx_model::loading::DeviceKind;
-    match raw.trim() {
-        "cpu" => Ok(DeviceKind::Cpu),
-        "cuda" => Ok(DeviceKind::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|ordinal| ordinal.parse().ok())
-            .map(DeviceKind::Cuda)
-            .ok_or_else(|| format!("unknown device {other:?}: cpu, cuda or cuda:N")),
-    }
+/// A `--device` or `--dtype` value, with the model crate's spellings and message.
+fn parse_setting<T>(raw: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = vidx_model::DeviceError>,
+{
+    raw.parse()
+        .map_err(|error: vidx_model::DeviceError| error.to_string())
 }
 
 /// `vidx worker`.

@@ -105,6 +105,8 @@ async fn every_line_of_a_job_names_it() {
     let info = ModelInfo {
         id: "tiny-realvocab".into(),
         revision: "fixture".into(),
+        device: Some("cpu".into()),
+        dtype: Some("f32".into()),
     };
     let runner = VideoJobRunner::new(Arc::new(model), info, generation);
     let config = WorkerConfig {

@@ -36,6 +36,7 @@
 //! ```
 
 pub mod config;
+pub mod device;
 pub mod generation;
 pub mod image;
 pub mod loading;
@@ -48,6 +49,7 @@ pub mod text;
 pub mod vision;
 
 pub use config::{Config, PreprocessorConfig, VisionConfig};
+pub use device::{DTypeSetting, DeviceError, DeviceSetting};
 pub use generation::{GenerationParams, Sampler};
 pub use image::{RgbImage, resize_rgb_bicubic, smart_resize};
 pub use loading::{HubOptions, LoadOptions, ModelFiles};

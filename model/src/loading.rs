@@ -144,12 +144,12 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
-    /// The candle device.
+    /// The candle device; [`Error::Device`] when it cannot be used ([`DeviceKind::check`]).
     pub fn device(self) -> Result<Device> {
+        self.check()?;
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(ordinal) if cfg!(feature = "cuda") => Ok(Device::new_cuda(ordinal)?),
-            Self::Cuda(_) => Err(Error::Device("built without the cuda feature".into())),
+            Self::Cuda(ordinal) => Ok(Device::new_cuda(ordinal)?),
         }
     }
 }

@@ -39,7 +39,8 @@ pub struct AskArgs {
 
 /// Runs the call; the model and decoding run on a blocking thread.
 pub async fn ask(args: AskArgs) -> Result<()> {
-    let pipeline = args.model.load().await?;
+    let options = args.model.load_options()?;
+    let pipeline = args.model.load(&options).await?;
     tokio::task::spawn_blocking(move || {
         let source = VideoSource::from_url(&args.video)?;
         let spec = SamplingSpec {

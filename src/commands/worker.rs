@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use vidx_coordinator::access::AccessPolicy;
@@ -12,8 +12,8 @@ use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
 use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
+use vidx_model::device::default_dtype;
 use vidx_model::generation::GenerationParams;
-use vidx_model::loading::DeviceKind;
 use vidx_model::{LoadOptions, OpenO3Video};
 use vidx_worker::evidence::store::OutcomeStatus;
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
@@ -23,35 +23,48 @@ use vidx_worker::video_job::{VideoJobRunner, question_plan};
 use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
 
 impl ModelArgs {
-    /// What the evidence records about the model.
-    pub fn info(&self) -> ModelInfo {
+    /// The device and dtype to load onto, checked before anything is loaded: a GPU that this
+    /// build or this machine lacks is a one-line error naming `--device`.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device = self
+            .device
+            .resolve()
+            .map_err(|error| anyhow!("--device {error}"))?;
+        let dtype = self.dtype.resolve(device);
+        info!(%device, dtype = dtype.as_str(), "model device");
+        Ok(LoadOptions {
+            device,
+            dtype: Some(dtype),
+        })
+    }
+
+    /// What the evidence records about the model, and where and in what dtype it ran.
+    pub fn info(&self, options: &LoadOptions) -> ModelInfo {
         let id = self.model_id.clone().unwrap_or_else(|| {
             self.model.file_name().map_or_else(
                 || "model".into(),
                 |name| name.to_string_lossy().into_owned(),
             )
         });
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| default_dtype(options.device));
         ModelInfo {
             id,
             revision: self.model_revision.clone(),
+            device: Some(options.device.to_string()),
+            dtype: Some(dtype.as_str().to_owned()),
         }
     }
 
     /// Loads the model (memory-mapped weights) on a blocking thread.
-    pub async fn load(&self) -> Result<OpenO3Video> {
+    pub async fn load(&self, options: &LoadOptions) -> Result<OpenO3Video> {
         if self.min_pixels == 0 || self.max_pixels < self.min_pixels {
             bail!("pixel bounds must satisfy 0 < min <= max");
         }
         let dir = self.model.clone();
         let (min_pixels, max_pixels) = (self.min_pixels, self.max_pixels);
-        let options = LoadOptions {
-            device: self.device.unwrap_or(if cfg!(feature = "cuda") {
-                DeviceKind::Cuda(0)
-            } else {
-                DeviceKind::Cpu
-            }),
-            ..LoadOptions::default()
-        };
+        let options = options.clone();
         tokio::task::spawn_blocking(move || {
             let mut model = OpenO3Video::load(&dir, &options)?;
             model.set_pixel_bounds(min_pixels, max_pixels);
@@ -62,13 +75,13 @@ impl ModelArgs {
     }
 
     /// Loads the model and builds the pipeline that processes jobs with it.
-    pub async fn pipeline(&self) -> Result<VideoJobRunner> {
-        let model = self.load().await?;
+    pub async fn pipeline(&self, options: &LoadOptions) -> Result<VideoJobRunner> {
+        let model = self.load(options).await?;
         let mut generation = GenerationParams::open_o3();
         generation.max_new_tokens = self.max_new_tokens;
         Ok(VideoJobRunner::new(
             Arc::new(model),
-            self.info(),
+            self.info(options),
             generation,
         ))
     }
@@ -105,7 +118,8 @@ impl WorkerArgs {
 /// `vidx worker`: serves a coordinator until SIGTERM (or, with `--exit-when-idle`, no work).
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
     let config = args.into_config()?;
-    let runner = args.model.pipeline().await?;
+    let options = args.model.load_options()?;
+    let runner = args.model.pipeline(&options).await?;
     let client = args.client.connect().await?;
     let tally = runtime::run(Arc::new(client), Arc::new(runner), config, shutdown).await?;
     info!(
@@ -127,6 +141,7 @@ fn is_over(state: PassState) -> bool {
 
 /// `vidx index`: plans, processes and finalizes a pass in this process.
 pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
+    let options = args.model.load_options()?;
     let spec = args.pass.spec()?;
     // Retries come quickly in a local run; a remote store's hiccup is still given a moment.
     let retry = RetryPolicy {
@@ -146,7 +161,7 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
         "embedded".into(),
         stop.clone(),
     ));
-    let runner = Arc::new(args.model.pipeline().await?);
+    let runner = Arc::new(args.model.pipeline(&options).await?);
     let mut progress = coordinator.progress();
     let pass_id = coordinator.submit(spec).await?.pass_id;
     info!(%pass_id, "pass submitted");
@@ -188,7 +203,7 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
         bail!("pass failed: {}", status.planning_error.unwrap_or_default());
     }
     let jobs = all_jobs_local(&coordinator, &pass_id).await?;
-    let manifest = finalize_pass(&status, &jobs, args.model.info()).await?;
+    let manifest = finalize_pass(&status, &jobs, args.model.info(&options)).await?;
     println!(
         "pass {pass_id}: {} videos, {} jobs done, {} dead; {} indexed, {} failed; index at {}",
         status.videos,
@@ -257,9 +272,12 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
         );
     }
     let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
+    // The manifest covers every worker of the pass, which may have run on different devices.
     let model = ModelInfo {
         id: args.model_id,
         revision: args.model_revision,
+        device: None,
+        dtype: None,
     };
     let manifest = finalize_pass(&status, &jobs, model).await?;
     println!(

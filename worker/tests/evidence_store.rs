@@ -9,7 +9,7 @@ use bytes::Bytes;
 use evidence_support::{MODERATION_POLICY, clocks, document, header, model};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use vidx_worker::evidence::document::VideoDocumentBuilder;
+use vidx_worker::evidence::document::{VideoDocument, VideoDocumentBuilder};
 use vidx_worker::evidence::store::{EncodedImage, OutcomeStatus};
 use vidx_worker::evidence::{
     EvidenceIndex, ModerationPolicy, PassManifest, QuestionPlan, Rotation, Severity, VideoIdentity,
@@ -53,6 +53,34 @@ fn document_maps_claims_to_source() {
     assert_eq!((car.time_s, car.frame_index), (Some(42.2), Some(6)));
     // The sign's box has three numbers and its time is past the segment: both dropped, claim gone.
     assert_eq!(answer.dropped.len(), 3);
+}
+
+#[test]
+fn documents_record_the_device_and_dtype_and_older_ones_still_read() {
+    let document = document(
+        "s3://videos/a.mp4",
+        QuestionPlan::index(),
+        &[(1, "index", INDEX_ANSWER)],
+    );
+    let json: serde_json::Value = serde_json::to_value(&document).unwrap();
+    assert_eq!(json["model"]["device"], "cuda:0");
+    assert_eq!(json["model"]["dtype"], "bf16");
+    assert_eq!(
+        serde_json::from_value::<VideoDocument>(json.clone()).unwrap(),
+        document
+    );
+
+    // A document written before the fields existed reads back with neither.
+    let mut old = json;
+    let model = old["model"].as_object_mut().unwrap();
+    model.remove("device");
+    model.remove("dtype");
+    let read: VideoDocument = serde_json::from_value(old).unwrap();
+    assert_eq!((&read.model.device, &read.model.dtype), (&None, &None));
+    assert_eq!(read.model.id, document.model.id);
+    // And one without them is written without them.
+    let written = serde_json::to_value(&read).unwrap();
+    assert!(written["model"].get("device").is_none(), "{written}");
 }
 
 #[test]
@@ -163,6 +191,14 @@ fn keys_are_pure_functions_of_video_model_and_task() {
     ] {
         assert_ne!(other, key);
     }
+    // The device and dtype the model ran on are recorded, not part of the key: a GPU worker
+    // and a CPU worker running the same model and task write the same document.
+    let elsewhere = vidx_worker::evidence::ModelInfo {
+        device: Some("cpu".into()),
+        dtype: Some("f32".into()),
+        ..model()
+    };
+    assert_eq!(index.document_key(&video, &elsewhere, &task_hash), key);
     // Quotes around an ETag do not matter.
     let unquoted = VideoIdentity {
         etag: Some("e1".into()),

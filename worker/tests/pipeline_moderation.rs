@@ -106,6 +106,8 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
     let info = ModelInfo {
         id: "tiny-realvocab".into(),
         revision: "fixture".into(),
+        device: Some("cpu".into()),
+        dtype: Some("f32".into()),
     };
     // Called from a plain test thread: the worker's bridge runs the index writes on its own
     // I/O runtime.
@@ -126,6 +128,14 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
     };
     let document: VideoDocument =
         serde_json::from_slice(&std::fs::read(Path::new("/").join(&key)).unwrap()).unwrap();
+    assert_eq!(
+        (
+            document.model.device.as_deref(),
+            document.model.dtype.as_deref()
+        ),
+        (Some("cpu"), Some("f32")),
+        "the document records where the model ran"
+    );
     let answers = &document.segments[0].answers;
     assert_eq!(answers.len(), 3);
 

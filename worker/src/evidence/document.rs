@@ -84,13 +84,21 @@ pub struct ProbeFacts {
     pub has_audio: bool,
 }
 
-/// The model that answered.
+/// The model that answered, and where it ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Model id, e.g. `marinero4972/Open-o3-Video`.
     pub id: String,
     /// Weights revision (commit or tag).
     pub revision: String,
+    /// The device the model ran on, `cpu` or `cuda:N`; absent in documents written before it
+    /// was recorded, and in a pass manifest, whose workers may differ. Not part of the run id:
+    /// the same model and task on another device is the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The weights' and activations' dtype, `bf16`, `f16` or `f32`; absent like `device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 /// One sampled frame of a segment.

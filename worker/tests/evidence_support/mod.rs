@@ -35,6 +35,8 @@ pub fn model() -> ModelInfo {
     ModelInfo {
         id: "marinero4972/Open-o3-Video".to_owned(),
         revision: "r1".to_owned(),
+        device: Some("cuda:0".to_owned()),
+        dtype: Some("bf16".to_owned()),
     }
 }
 
