@@ -8,7 +8,8 @@
 //!
 //! `cargo bench -p vidx-model --bench medium`. Environment: `VIDX_FIXTURE_PYTHON` (default
 //! `<repo>/venv-fixture/bin/python`, made by `scripts/setup-bench-reference.sh`), `VIDX_FIXTURE_SCRIPT` (default
-//! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3).
+//! `<repo>/../shared/tools/make_qwen_fixture.py`), `VIDX_BENCH_REPEATS` (default 3),
+//! `VIDX_BENCH_OPS_ONLY` (set: only the fused-op comparison that otherwise ends the run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -264,6 +265,71 @@ fn run_pytorch(python: &Path, script: &Path, repeats: usize) -> Result<Figures> 
     })
 }
 
+/// Times `f` (median of `runs` after one warm-up), in milliseconds.
+fn time_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(&times))
+}
+
+/// The fused ops of `vidx_model::ops` against the candle compositions they replace, at the
+/// medium preset's vision and text shapes (ratio = fused / composition).
+fn bench_fused_ops() -> Result<()> {
+    use vidx_model::ops::{causal_softmax, rms_norm_residual};
+    let device = Device::Cpu;
+    println!(
+        "
+fused ops vs candle composition, f32, CPU (median of 20; ratio = fused / composition)"
+    );
+    for (rows, cols) in [(4096, 320), (1049, 896)] {
+        let x = Tensor::randn(0f32, 1.0, (rows, cols), &device)?;
+        let r = Tensor::randn(0f32, 1.0, (rows, cols), &device)?;
+        let w = Tensor::randn(1f32, 0.1, cols, &device)?;
+        let fused = time_ms(20, || {
+            rms_norm_residual(&x, &r, &w, 1e-6)?;
+            Ok(())
+        })?;
+        let plain = time_ms(20, || {
+            let sum = (&x + &r)?;
+            candle_nn::ops::rms_norm(&sum, &w, 1e-6)?;
+            Ok(())
+        })?;
+        println!(
+            "rms_norm_residual {rows}x{cols:<6}{fused:>10.3} ms{plain:>10.3} ms{:>8.2}",
+            fused / plain
+        );
+    }
+    // One causal prefill block of the text decoder: 14 heads folded onto 2 kv heads.
+    let (query_len, keys) = (1049, 1049);
+    let scores = Tensor::randn(0f32, 1.0, (1, 2, 7 * query_len, keys), &device)?;
+    let fused = time_ms(20, || {
+        causal_softmax(&scores, query_len, 0)?;
+        Ok(())
+    })?;
+    let plain = time_ms(20, || {
+        let mask: Vec<f32> = (0..query_len)
+            .flat_map(|i| (0..keys).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (query_len, keys), &device)?;
+        let masked = scores
+            .reshape((1, 2, 7, query_len, keys))?
+            .broadcast_add(&mask)?
+            .reshape((1, 2, 7 * query_len, keys))?;
+        candle_nn::ops::softmax_last_dim(&masked)?;
+        Ok(())
+    })?;
+    println!(
+        "causal_softmax 14x{query_len}x{keys}{fused:>10.3} ms{plain:>10.3} ms{:>8.2}",
+        fused / plain
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let repeats: usize = std::env::var("VIDX_BENCH_REPEATS")
@@ -271,6 +337,9 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
+    if std::env::var_os("VIDX_BENCH_OPS_ONLY").is_some() {
+        return bench_fused_ops();
+    }
     let candle = run_candle(repeats)?;
     let python = std::env::var_os("VIDX_FIXTURE_PYTHON")
         .map(PathBuf::from)
@@ -300,7 +369,7 @@ fn main() -> Result<()> {
             python.display(),
             script.display()
         );
-        return Ok(());
+        return bench_fused_ops();
     }
     let torch = run_pytorch(&python, &script, repeats)?;
     let row = |name: &str, c: f64, t: f64, unit: &str| {
@@ -320,5 +389,5 @@ fn main() -> Result<()> {
         (Some(c), Some(t)) => row("peak RSS (MiB)", c, t, ""),
         (c, t) => println!("peak memory: candle {} pytorch {}", fmt_mem(c), fmt_mem(t)),
     }
-    Ok(())
+    bench_fused_ops()
 }

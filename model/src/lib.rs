@@ -41,6 +41,8 @@ pub mod generation;
 pub mod image;
 pub mod loading;
 pub mod model;
+pub mod nn;
+pub mod ops;
 pub mod pipeline;
 pub mod processor;
 pub mod prompt;

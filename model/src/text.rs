@@ -3,9 +3,10 @@
 //! is split into `mrope_section` parts driven by the time, height and width position rows.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, linear_b, linear_no_bias};
+use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::Config;
+use crate::nn::{Linear, linear_b, linear_no_bias};
 use crate::rope_index::PositionIds;
 use crate::vision::RmsNorm;
 use crate::{Error, Result};
@@ -186,7 +187,7 @@ impl Attention {
             ))?;
             let kb = k.narrow(2, 0, visible)?.contiguous()?;
             let vb = v.narrow(2, 0, visible)?.contiguous()?;
-            let mut scores = qb.matmul(&kb.t()?)?.to_dtype(DType::F32)?;
+            let mut scores = crate::nn::matmul(&qb, &kb.t()?)?.to_dtype(DType::F32)?;
             if n > 1 {
                 let mask: Vec<f32> = (0..n)
                     .flat_map(|i| {
@@ -206,11 +207,12 @@ impl Attention {
                     .reshape((b, self.num_kv_heads, groups * n, visible))?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vb.dtype())?;
-            outputs.push(
-                probs
-                    .matmul(&vb)?
-                    .reshape((b, self.num_heads, n, self.head_dim))?,
-            );
+            outputs.push(crate::nn::matmul(&probs, &vb)?.reshape((
+                b,
+                self.num_heads,
+                n,
+                self.head_dim,
+            ))?);
         }
         let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.reshape((
             b,

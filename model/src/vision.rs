@@ -6,8 +6,10 @@
 //! `visual.merger.*`). Hidden states are processed in *window order*: merge units (2x2 patches)
 //! are permuted so that each window is contiguous, and the merger output is permuted back.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear_b};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{Linear, linear_b};
 
 use crate::config::VisionConfig;
 use crate::{Error, Result};
@@ -127,15 +129,96 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// `(x + residual, norm(x + residual))` in one fused op.
+    pub(crate) fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok(crate::ops::rms_norm_residual(
+            x,
+            residual,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(xs, &self.weight, self.eps)
     }
 }
 
+/// How one kind of attention (windowed or full) is laid out in launches: chunks of equal
+/// length are gathered into one batch dimension, so a whole tower pass makes one launch per
+/// distinct chunk length (a few: the full windows and the ragged ones at the right and bottom
+/// edges), split further only where a batch's score matrix would exceed the device's bound.
+/// Built on the host from the layout's integers; nothing is read back from the device.
+#[derive(Debug)]
+struct AttentionPlan {
+    /// Patch permutation putting equal-length chunks next to each other (`None`: they already
+    /// are), and its inverse.
+    order: Option<(Tensor, Tensor)>,
+    /// `(first patch, chunk length, chunk count)` of each launch, in the permuted order.
+    launches: Vec<(usize, usize, usize)>,
+}
+
+impl AttentionPlan {
+    fn new(cu: &[usize], num_heads: usize, device: &Device) -> Result<Self> {
+        let mut chunks: Vec<(usize, usize)> = cu
+            .windows(2)
+            .map(|pair| (pair[0], pair[1] - pair[0]))
+            .filter(|&(_, size)| size > 0)
+            .collect();
+        // Stable: chunks of one length keep their relative order.
+        chunks.sort_by_key(|&(_, size)| std::cmp::Reverse(size));
+        let mut permutation = Vec::with_capacity(cu.last().copied().unwrap_or(0));
+        for &(start, size) in &chunks {
+            permutation.extend(start as u32..(start + size) as u32);
+        }
+        let identity = permutation
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p as usize == i);
+        let order = if identity {
+            None
+        } else {
+            let mut inverse = vec![0u32; permutation.len()];
+            for (i, &p) in permutation.iter().enumerate() {
+                inverse[p as usize] = i as u32;
+            }
+            Some((
+                Tensor::new(permutation, device)?,
+                Tensor::new(inverse, device)?,
+            ))
+        };
+        let bound = if device.is_cpu() {
+            CPU_SCORE_ELEMENTS
+        } else {
+            GPU_SCORE_ELEMENTS
+        };
+        let mut launches = Vec::new();
+        let mut first = 0;
+        for (_, size, count) in group_equal_chunks(&chunks) {
+            let per_launch = (bound / (num_heads * size * size)).clamp(1, count);
+            for done in (0..count).step_by(per_launch) {
+                let n = per_launch.min(count - done);
+                launches.push((first + done * size, size, n));
+            }
+            first += size * count;
+        }
+        Ok(Self { order, launches })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct VisionAttention {
-    qkv: Linear,
+    /// q and k projections in one matmul, q's rows pre-scaled by `1/sqrt(head_dim)` (scaling
+    /// the weights once is cheaper than scaling q or every score matrix per pass).
+    qk: Linear,
+    v: Linear,
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -144,77 +227,95 @@ struct VisionAttention {
 impl VisionAttention {
     fn new(config: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let dim = config.hidden_size;
+        let qkv = linear_b(dim, dim * 3, true, vb.pp("qkv"))?;
+        let weight = qkv.weight();
+        let bias = qkv
+            .bias()
+            .ok_or_else(|| Error::Config("vision qkv has no bias".into()))?;
+        let scale = 1.0 / (config.head_dim() as f64).sqrt();
+        let scaled = |t: &Tensor, dim0: usize| -> Result<Tensor> {
+            let q = (t.narrow(0, 0, dim)?.to_dtype(DType::F32)? * scale)?.to_dtype(t.dtype())?;
+            Ok(Tensor::cat(&[&q, &t.narrow(0, dim, dim0)?], 0)?)
+        };
         Ok(Self {
-            qkv: linear_b(dim, dim * 3, true, vb.pp("qkv"))?,
+            qk: Linear::new(scaled(weight, dim)?, Some(scaled(bias, dim)?)),
+            v: Linear::new(
+                weight.narrow(0, 2 * dim, dim)?.contiguous()?,
+                Some(bias.narrow(0, 2 * dim, dim)?.contiguous()?),
+            ),
             proj: linear_b(dim, dim, true, vb.pp("proj"))?,
             num_heads: config.num_heads,
             head_dim: config.head_dim(),
         })
     }
 
-    /// Non-causal attention inside each `[cu[i], cu[i+1])` chunk of the sequence.
-    fn forward(&self, xs: &Tensor, cu: &[usize], cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Non-causal attention inside each chunk of `plan`; `cos`/`sin` are `[P, head_dim/2]`.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        plan: &AttentionPlan,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let (heads, head_dim) = (self.num_heads, self.head_dim);
         let seq = xs.dim(0)?;
-        let qkv = self
-            .qkv
+        let dtype = xs.dtype();
+        // Rotary on q and k together, in `[1, P, 2H, hd]` layout (no transpose needed).
+        let qk = self
+            .qk
             .forward(xs)?
-            .reshape((seq, 3, self.num_heads, self.head_dim))?
-            .permute((1, 2, 0, 3))?; // [3, H, P, hd]
-        let rope = |t: Tensor| -> Result<Tensor> {
-            let t = t.unsqueeze(0)?.contiguous()?;
-            let dtype = t.dtype();
-            let out = candle_nn::rotary_emb::rope(&t.to_dtype(DType::F32)?, cos, sin)?;
-            Ok(out.to_dtype(dtype)?)
+            .reshape((1, seq, 2 * heads, head_dim))?;
+        let qk = candle_nn::rotary_emb::rope_thd(&qk.to_dtype(DType::F32)?, cos, sin)?
+            .to_dtype(dtype)?
+            .reshape((seq, 2 * heads * head_dim))?;
+        let v = self.v.forward(xs)?;
+        let (qk, v) = match &plan.order {
+            Some((order, _)) => (qk.index_select(order, 0)?, v.index_select(order, 0)?),
+            None => (qk, v),
         };
-        let q = rope(qkv.i(0)?)?;
-        let k = rope(qkv.i(1)?)?;
-        let v = qkv.i(2)?.unsqueeze(0)?.contiguous()?;
-        // Scaling q is cheaper than scaling every score matrix.
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let mut outputs = Vec::with_capacity(cu.len());
-        for (run_start, size, run_count) in group_equal_chunks(cu) {
-            // Equal chunks are attended as one batch, capped so that a score block stays small
-            // (cache friendly, and reused by the allocator instead of freshly mapped).
-            let per_batch =
-                (SCORE_BLOCK_ELEMENTS / (self.num_heads * size * size)).clamp(1, run_count);
-            for first in (0..run_count).step_by(per_batch) {
-                let count = per_batch.min(run_count - first);
-                let start = run_start + first * size;
-                let take = |t: &Tensor| -> Result<Tensor> {
-                    Ok(t.narrow(2, start, size * count)?
-                        .reshape((self.num_heads, count, size, self.head_dim))?
-                        .transpose(0, 1)?
-                        .contiguous()?)
-                };
-                let (qc, kc, vc) = (take(&q)?, take(&k)?, take(&v)?);
-                let scores = qc.matmul(&kc.t()?)?.to_dtype(DType::F32)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
-                let out = probs.matmul(&vc)?; // [count, H, size, hd]
-                outputs.push(
-                    out.transpose(1, 2)?
-                        .reshape((count * size, self.num_heads * self.head_dim))?,
-                );
-            }
+        let mut outputs = Vec::with_capacity(plan.launches.len());
+        for &(start, size, count) in &plan.launches {
+            // [count*size, parts*H*hd] rows -> [count, H, size, hd] for part `part`.
+            let take = |t: &Tensor, parts: usize, part: usize| -> Result<Tensor> {
+                Ok(t.narrow(0, start, count * size)?
+                    .reshape((count, size, parts, heads, head_dim))?
+                    .narrow(2, part, 1)?
+                    .squeeze(2)?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let (q, k, v) = (take(&qk, 2, 0)?, take(&qk, 2, 1)?, take(&v, 1, 0)?);
+            let scores = crate::nn::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+            let out = crate::nn::matmul(&probs, &v)?; // [count, H, size, hd]
+            outputs.push(
+                out.transpose(1, 2)?
+                    .reshape((count * size, heads * head_dim))?,
+            );
         }
-        let out = Tensor::cat(&outputs, 0)?;
+        let out = Tensor::cat(&outputs, 0)?; // one launch: no copy
+        let out = match &plan.order {
+            Some((_, inverse)) => out.index_select(inverse, 0)?,
+            None => out,
+        };
         Ok(self.proj.forward(&out)?)
     }
 }
 
-/// Upper bound on elements of one batch of attention scores: 2M f32 values (8 MiB).
-const SCORE_BLOCK_ELEMENTS: usize = 1 << 21;
+/// Upper bound on elements of one launch's attention scores on the CPU: 2M f32 values
+/// (8 MiB: cache friendly, and reused by the allocator instead of freshly mapped).
+const CPU_SCORE_ELEMENTS: usize = 1 << 21;
 
-/// Groups consecutive equal-length chunks of `cu` into `(start, size, count)` runs; empty
-/// chunks are skipped.
-fn group_equal_chunks(cu: &[usize]) -> Vec<(usize, usize, usize)> {
+/// The same bound on a GPU: 256M values (1 GiB in f32), so a 7B-sized tower's windows of one
+/// size fit one launch and its full-attention frames a few.
+const GPU_SCORE_ELEMENTS: usize = 1 << 28;
+
+/// Groups consecutive equal-length chunks `(start, size)` into `(start, size, count)` runs.
+fn group_equal_chunks(chunks: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
     let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    for pair in cu.windows(2) {
-        let (start, size) = (pair[0], pair[1] - pair[0]);
-        if size == 0 {
-            continue;
-        }
+    for &(start, size) in chunks {
         match runs.last_mut() {
-            Some((s, sz, count)) if *sz == size && *s + *sz * *count == start => *count += 1,
+            Some((_, sz, count)) if *sz == size => *count += 1,
             _ => runs.push((start, size, 1)),
         }
     }
@@ -259,9 +360,27 @@ impl VisionBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, cu: &[usize], cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?, cu, cos, sin)?)?;
-        Ok((&xs + self.mlp.forward(&self.norm2.forward(&xs)?)?)?)
+    /// Runs the block on `xs`, given `normed = norm1(xs)`. Returns the block's output and,
+    /// when `next_norm` is given, that norm of the output: the residual adds are fused with
+    /// the norm that follows them ([`crate::ops::rms_norm_residual`]).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        normed: &Tensor,
+        plan: &AttentionPlan,
+        rotary: (&Tensor, &Tensor),
+        next_norm: Option<&RmsNorm>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let attn = self.attn.forward(normed, plan, rotary.0, rotary.1)?;
+        let (xs, normed) = self.norm2.forward_residual(&attn, xs)?;
+        let mlp = self.mlp.forward(&normed)?;
+        match next_norm {
+            Some(norm) => {
+                let (out, normed) = norm.forward_residual(&mlp, &xs)?;
+                Ok((out, Some(normed)))
+            }
+            None => Ok(((xs + mlp)?, None)),
+        }
     }
 }
 
@@ -397,13 +516,25 @@ impl VisionTransformer {
         let order = Tensor::new(layout.patch_order(unit), device)?;
         let mut xs = xs.index_select(&order, 0)?;
         let (cos, sin) = self.rotary(&layout, device)?;
+        let heads = self.config.num_heads;
+        let window_plan = AttentionPlan::new(&layout.cu_window_seqlens, heads, device)?;
+        let full_plan = AttentionPlan::new(&layout.cu_seqlens, heads, device)?;
+        let mut normed = match self.blocks.first() {
+            Some(block) => block.norm1.forward(&xs)?,
+            None => xs.clone(),
+        };
         for (i, block) in self.blocks.iter().enumerate() {
-            let cu = if self.config.fullatt_block_indexes.contains(&i) {
-                &layout.cu_seqlens
+            let plan = if self.config.fullatt_block_indexes.contains(&i) {
+                &full_plan
             } else {
-                &layout.cu_window_seqlens
+                &window_plan
             };
-            xs = block.forward(&xs, cu, &cos, &sin)?;
+            let next_norm = self.blocks.get(i + 1).map(|b| &b.norm1);
+            let (out, next_normed) = block.forward(&xs, &normed, plan, (&cos, &sin), next_norm)?;
+            xs = out;
+            if let Some(n) = next_normed {
+                normed = n;
+            }
             if let Some(t) = trace.as_deref_mut() {
                 t.block_out.push(xs.clone());
             }
@@ -448,11 +579,117 @@ mod tests {
         );
     }
 
+    /// Attention of one window at a time, written as plainly as possible: the unfused qkv
+    /// projection, rotary on `[1, H, S, hd]`, scaled scores, softmax, projection.
+    fn per_window_reference(
+        qkv: &candle_nn::Linear,
+        proj: &candle_nn::Linear,
+        xs: &Tensor,
+        cu: &[usize],
+        (cos, sin): (&Tensor, &Tensor),
+        (heads, head_dim): (usize, usize),
+    ) -> Tensor {
+        let mut outputs = Vec::new();
+        for pair in cu.windows(2) {
+            let (start, size) = (pair[0], pair[1] - pair[0]);
+            let qkv = qkv
+                .forward(&xs.narrow(0, start, size).unwrap())
+                .unwrap()
+                .reshape((size, 3, heads, head_dim))
+                .unwrap()
+                .permute((1, 2, 0, 3))
+                .unwrap();
+            let part = |i: usize| {
+                qkv.get(i)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let rope = |t: Tensor| {
+                let c = cos.narrow(0, start, size).unwrap();
+                let s = sin.narrow(0, start, size).unwrap();
+                candle_nn::rotary_emb::rope(&t, &c, &s).unwrap()
+            };
+            let (q, k, v) = (rope(part(0)), rope(part(1)), part(2));
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() / (head_dim as f64).sqrt()).unwrap();
+            let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let out = probs.matmul(&v).unwrap().squeeze(0).unwrap();
+            outputs.push(
+                out.transpose(0, 1)
+                    .unwrap()
+                    .reshape((size, heads * head_dim))
+                    .unwrap(),
+            );
+        }
+        proj.forward(&Tensor::cat(&outputs, 0).unwrap()).unwrap()
+    }
+
     #[test]
-    fn equal_chunks_are_grouped() {
-        assert_eq!(
-            group_equal_chunks(&[0, 16, 32, 40, 40, 56]),
-            vec![(0, 16, 2), (32, 8, 1), (40, 16, 1)]
+    fn gathered_ragged_windows_equal_attention_one_window_at_a_time() {
+        let device = Device::Cpu;
+        let (dim, heads) = (32, 4);
+        let config: VisionConfig = serde_json::from_str(&format!(
+            r#"{{"hidden_size": {dim}, "num_heads": {heads}}}"#
+        ))
+        .unwrap();
+        let mut tensors = std::collections::HashMap::new();
+        for (name, shape) in [
+            ("qkv.weight", vec![3 * dim, dim]),
+            ("qkv.bias", vec![3 * dim]),
+            ("proj.weight", vec![dim, dim]),
+            ("proj.bias", vec![dim]),
+        ] {
+            let t = (Tensor::randn(0f32, 1.0, shape, &device).unwrap() * 0.3).unwrap();
+            tensors.insert(name.to_string(), t);
+        }
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &device);
+        let attention = VisionAttention::new(&config, vb).unwrap();
+        let linear = |n: &str| {
+            candle_nn::Linear::new(
+                tensors[&format!("{n}.weight")].clone(),
+                Some(tensors[&format!("{n}.bias")].clone()),
+            )
+        };
+        // Ragged windows of 16, 8, 16, 4, 16 patches, as at a frame's right and bottom edges.
+        let cu = [0, 16, 24, 40, 44, 60];
+        let xs = Tensor::randn(0f32, 1.0, (60, dim), &device).unwrap();
+        let half = dim / heads / 2;
+        let angles = Tensor::randn(0f32, 3.0, (60, half), &device).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let plan = AttentionPlan::new(&cu, heads, &device).unwrap();
+        assert_eq!(plan.launches.len(), 3);
+        let got = attention.forward(&xs, &plan, &cos, &sin).unwrap();
+        let want = per_window_reference(
+            &linear("qkv"),
+            &linear("proj"),
+            &xs,
+            &cu,
+            (&cos, &sin),
+            (heads, dim / heads),
         );
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "gathered attention differs by {diff}");
+    }
+
+    #[test]
+    fn equal_chunks_are_gathered_into_few_launches() {
+        // Windows of 16, 8, 16, 8 patches: two launches after gathering the equal ones.
+        let plan = AttentionPlan::new(&[0, 16, 24, 40, 48], 4, &Device::Cpu).unwrap();
+        assert_eq!(plan.launches, vec![(0, 16, 2), (32, 8, 2)]);
+        let (order, inverse) = plan.order.as_ref().unwrap();
+        let order: Vec<u32> = order.to_vec1().unwrap();
+        let want: Vec<u32> = (0..16).chain(24..40).chain(16..24).chain(40..48).collect();
+        assert_eq!(order, want);
+        let inverse: Vec<u32> = inverse.to_vec1().unwrap();
+        assert!((0..48).all(|i| order[inverse[i] as usize] as usize == i));
+        // Already grouped: no permutation; a bound on score elements splits a run.
+        let plan = AttentionPlan::new(&[0, 8, 16, 24, 32], 2, &Device::Cpu).unwrap();
+        assert!(plan.order.is_none());
+        assert_eq!(plan.launches, vec![(0, 8, 4)]);
+        let plan = AttentionPlan::new(&[0, 2048, 4096], 1, &Device::Cpu).unwrap();
+        assert_eq!(plan.launches, vec![(0, 2048, 1), (2048, 2048, 1)]);
     }
 }

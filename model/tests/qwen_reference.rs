@@ -5,14 +5,16 @@
 //! directory under `<repo>/../shared/fixtures/qwen2_5_vl/`. A listed directory that is missing
 //! or holds no case fails the test.
 //!
+//! The model runs on `VIDX_TEST_DEVICE` (default the CPU; `cuda:0` in a CUDA build on a GPU
+//! machine, skipped with a printed reason where that is absent), once in f32 and once in bf16,
+//! against the same f32 references.
+//!
 //! Tolerances: integer stages (grids, rotary ids, window index, cu_seqlens, position ids,
 //! prompt ids) must be exact; pixel values within 1e-6 (same f32 arithmetic as the reference);
 //! resized u8 pixels within 1 level (torchvision uses fixed-point weights); float activations
-//! and logits within `1e-4 * max(1, max|reference|)`: both sides compute in f32 from identical
-//! (bf16-rounded) weights, so only summation order differs (~1e-6 relative per reduction,
-//! growing mildly with depth); a real bug (wrong GELU, mask, rope section, bias) shows up as
-//! 1e-2 or more. The argmax of each logits row must agree wherever the reference's top-1/top-2
-//! margin exceeds ten times that tolerance.
+//! and logits within `tol * max(1, max|reference|)` with `tol` 1e-4 in f32 and 6e-2 in bf16
+//! (why: `common::F32_REL_TOL`, `common::BF16_REL_TOL`). The argmax of each logits row must
+//! agree wherever the reference's top-1/top-2 margin exceeds ten times that tolerance.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +32,9 @@ use vidx_model::{
     Config, KvCache, Model, PreprocessorConfig, RgbImage, resize_rgb_bicubic, smart_resize,
 };
 
-const REL_TOL: f32 = 1e-4;
+mod common;
+
+use common::{Report, tolerance};
 
 fn fixture_dirs() -> Result<Vec<PathBuf>> {
     if let Ok(list) = std::env::var("VIDX_QWEN_FIXTURES") {
@@ -55,98 +59,6 @@ fn fixture_dirs() -> Result<Vec<PathBuf>> {
         bail!("no fixture directory under {}", root.display());
     }
     Ok(dirs)
-}
-
-/// Collects every comparison so one run reports all stages.
-struct Report {
-    label: String,
-    failures: Vec<String>,
-    lines: Vec<String>,
-}
-
-impl Report {
-    fn new(label: &str) -> Self {
-        Self {
-            label: label.to_string(),
-            failures: Vec::new(),
-            lines: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, msg: String) {
-        self.failures.push(format!("{}: {msg}", self.label));
-    }
-
-    fn close(&mut self, stage: &str, got: &Tensor, want: &Tensor) -> Result<f32> {
-        let got = got.to_dtype(DType::F32)?;
-        let want = want.to_dtype(DType::F32)?;
-        if got.elem_count() != want.elem_count() {
-            self.fail(format!(
-                "{stage}: shape {:?} vs reference {:?}",
-                got.shape(),
-                want.shape()
-            ));
-            return Ok(f32::INFINITY);
-        }
-        let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
-        let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
-        let magnitude = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        // `f32::max` ignores NaN, so a NaN anywhere turns the difference into NaN explicitly.
-        let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| {
-            let d = (a - b).abs();
-            if m.is_nan() || d.is_nan() {
-                f32::NAN
-            } else {
-                m.max(d)
-            }
-        });
-        let tol = REL_TOL * magnitude.max(1.0);
-        self.lines.push(format!(
-            "{:<32} max|diff| {diff:.3e}  tol {tol:.1e}  max|ref| {magnitude:.2}",
-            stage
-        ));
-        if diff.is_nan() || diff > tol {
-            self.fail(format!("{stage}: max abs diff {diff:e} above {tol:e}"));
-        }
-        Ok(tol)
-    }
-
-    fn exact(&mut self, stage: &str, got: &[i64], want: &[i64]) {
-        self.lines.push(format!(
-            "{stage:<32} {}",
-            if got == want { "exact" } else { "MISMATCH" }
-        ));
-        if got != want {
-            self.fail(format!("{stage}: {got:?} vs reference {want:?}"));
-        }
-    }
-
-    /// Argmax agreement of each row where the reference margin is well above the tolerance.
-    fn argmax(&mut self, stage: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
-        let got: Vec<Vec<f32>> = got.to_dtype(DType::F32)?.to_vec2()?;
-        let want: Vec<Vec<f32>> = want.to_dtype(DType::F32)?.to_vec2()?;
-        let mut checked = 0;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let mut sorted = w.clone();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if sorted.len() < 2 || sorted[0] - sorted[1] <= 10.0 * tol {
-                continue;
-            }
-            checked += 1;
-            let (ga, wa) = (
-                vidx_model::generation::argmax(g),
-                vidx_model::generation::argmax(w),
-            );
-            if ga != wa {
-                self.fail(format!("{stage}: row {i} argmax {ga} vs reference {wa}"));
-            }
-        }
-        self.lines.push(format!(
-            "{stage:<32} argmax equal on {checked}/{} rows",
-            want.len()
-        ));
-        Ok(())
-    }
 }
 
 fn ints(t: &Tensor) -> Result<Vec<i64>> {
@@ -188,7 +100,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn load(dir: &Path) -> Result<Self> {
+    fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         if !dir.is_dir() {
             bail!("fixture directory {} does not exist", dir.display());
         }
@@ -196,17 +108,12 @@ impl Fixture {
         if !fixture_path.is_file() {
             bail!("{} holds no fixture.safetensors", dir.display());
         }
-        let device = Device::Cpu;
         let config = Config::from_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(
-                &[dir.join("model.safetensors")],
-                DType::F32,
-                &device,
-            )?
+            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], dtype, device)?
         };
         let model = Model::new(&config, vb)?;
-        let tensors = candle_core::safetensors::load(&fixture_path, &device)?;
+        let tensors = candle_core::safetensors::load(&fixture_path, &Device::Cpu)?;
         if !tensors
             .keys()
             .any(|k| k.starts_with("vid.") || k.starts_with("img."))
@@ -416,7 +323,7 @@ fn check_case(fx: &Fixture, prefix: &str, report: &mut Report) -> Result<()> {
         let indices = t("gen.top10_indices")?.to_dtype(DType::U32)?;
         let gathered = step_logits
             .contiguous()?
-            .gather(&indices.contiguous()?, 1)?;
+            .gather(&indices.to_device(step_logits.device())?.contiguous()?, 1)?;
         let tol = report.close("gen.top10 logits (teacher-forced)", &gathered, values)?;
         let want_top: Vec<i64> = ints(&indices.i((.., 0))?)?;
         let got_top: Vec<i64> = step_logits
@@ -642,17 +549,21 @@ fn check_prompts(fx: &Fixture, report: &mut Report) -> Result<()> {
 
 /// Checks every stage of every fixture directory; fails on a missing directory, a directory
 /// without a case, or any stage beyond tolerance.
-fn run_fixtures(dirs: &[PathBuf]) -> Result<()> {
+fn run_fixtures(dirs: &[PathBuf], device: &Device, dtype: DType) -> Result<()> {
     let mut failures = Vec::new();
+    let tol = tolerance(dtype);
     for dir in dirs {
-        let fx = Fixture::load(dir)?;
+        let fx = Fixture::load(dir, device, dtype)?;
         let mut cases = 0;
         for prefix in ["vid", "img"] {
             if !fx.tensors.contains_key(&format!("{prefix}.input_ids")) {
                 continue;
             }
             cases += 1;
-            let mut report = Report::new(&format!("{} [{prefix}]", dir.display()));
+            let mut report = Report::new(
+                &format!("{} [{prefix}, {device:?}, {dtype:?}]", dir.display()),
+                tol,
+            );
             check_case(&fx, prefix, &mut report)?;
             println!("== {}\n{}", report.label, report.lines.join("\n"));
             failures.extend(report.failures);
@@ -660,10 +571,10 @@ fn run_fixtures(dirs: &[PathBuf]) -> Result<()> {
         if cases == 0 {
             bail!("{} holds no case", dir.display());
         }
-        let mut report = Report::new(&format!(
-            "{} [preprocessing, cases, prompts]",
-            dir.display()
-        ));
+        let mut report = Report::new(
+            &format!("{} [preprocessing, cases, prompts]", dir.display()),
+            tol,
+        );
         check_pre_resize(&fx, &mut report)?;
         check_cases(&fx, &mut report)?;
         check_prompts(&fx, &mut report)?;
@@ -682,15 +593,29 @@ fn run_fixtures(dirs: &[PathBuf]) -> Result<()> {
 
 #[test]
 fn qwen_reference() -> Result<()> {
-    run_fixtures(&fixture_dirs()?)
+    let Some((_, device)) = common::test_device("qwen_reference")? else {
+        return Ok(());
+    };
+    run_fixtures(&fixture_dirs()?, &device, DType::F32)
+}
+
+/// The same stages with the model in bf16 (the GPU default), at the bf16 tolerance; on the
+/// CPU this runs the emulated bf16 path (`vidx_model::nn`), so CI covers it without a GPU.
+#[test]
+fn qwen_reference_bf16() -> Result<()> {
+    let Some((_, device)) = common::test_device("qwen_reference_bf16")? else {
+        return Ok(());
+    };
+    run_fixtures(&fixture_dirs()?, &device, DType::BF16)
 }
 
 #[test]
 fn missing_or_empty_fixture_directories_fail() -> Result<()> {
     let missing = std::env::temp_dir().join(format!("vidx-no-fixture-{}", std::process::id()));
-    assert!(run_fixtures(std::slice::from_ref(&missing)).is_err());
+    let cpu = Device::Cpu;
+    assert!(run_fixtures(std::slice::from_ref(&missing), &cpu, DType::F32).is_err());
     std::fs::create_dir_all(&missing)?;
-    let empty = run_fixtures(std::slice::from_ref(&missing));
+    let empty = run_fixtures(std::slice::from_ref(&missing), &cpu, DType::F32);
     std::fs::remove_dir_all(&missing)?;
     assert!(empty.is_err());
     Ok(())
