@@ -35,9 +35,12 @@
 //! # }
 //! ```
 
+pub mod batch;
 pub mod config;
+pub mod detokenize;
 pub mod generation;
 pub mod image;
+pub mod kv_cache;
 pub mod loading;
 pub mod model;
 pub mod pipeline;
@@ -50,10 +53,10 @@ pub mod vision;
 pub use config::{Config, PreprocessorConfig, VisionConfig};
 pub use generation::{GenerationParams, Sampler};
 pub use image::{RgbImage, resize_rgb_bicubic, smart_resize};
+pub use kv_cache::KvCache;
 pub use loading::{HubOptions, LoadOptions, ModelFiles};
 pub use model::{LogitsMode, Model};
 pub use pipeline::{Answer, EncodedFrames, OpenO3Video, PrefixCache, TimedFrame};
-pub use text::KvCache;
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]
