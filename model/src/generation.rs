@@ -463,6 +463,87 @@ mod tests {
     }
 
     #[test]
+    fn device_choice_equals_the_host_sampler() {
+        let vocab = 64;
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..vocab)
+                    .map(|i| ((i * 7 + r * 13) % 31) as f32 / 3.0 - 5.0)
+                    .collect()
+            })
+            .collect();
+        let logits = Tensor::new(rows.clone(), &Device::Cpu).unwrap();
+        let seen: Vec<HashSet<u32>> = (0..4u32)
+            .map(|r| (0..vocab as u32).filter(|i| (i + r) % 3 == 0).collect())
+            .collect();
+        let mut mask = SeenMask::new(vocab, &Device::Cpu);
+        for ids in &seen {
+            mask.insert(&ids.iter().copied().collect::<Vec<_>>())
+                .unwrap();
+        }
+        let settings = [
+            GenerationParams {
+                repetition_penalty: 1.3,
+                ..Default::default()
+            },
+            GenerationParams::default(),
+            GenerationParams {
+                seed: 3,
+                ..GenerationParams::open_o3()
+            },
+            GenerationParams {
+                temperature: 1.0,
+                seed: 5,
+                ..Default::default()
+            },
+            GenerationParams {
+                temperature: 0.7,
+                top_p: 0.5,
+                repetition_penalty: 1.1,
+                seed: 9,
+                ..Default::default()
+            },
+        ];
+        for params in settings {
+            let mut on_device: Vec<Sampler> =
+                (0..4).map(|_| Sampler::new(&params).unwrap()).collect();
+            let mut on_host: Vec<Sampler> =
+                (0..4).map(|_| Sampler::new(&params).unwrap()).collect();
+            for _ in 0..6 {
+                let mut choice_rows: Vec<ChoiceRow<'_>> = on_device
+                    .iter_mut()
+                    .zip(&seen)
+                    .map(|(sampler, seen)| ChoiceRow { sampler, seen })
+                    .collect();
+                let got =
+                    choose_tokens(&logits, mask.rows(0, 4).unwrap().as_ref(), &mut choice_rows)
+                        .unwrap();
+                let want: Vec<u32> = on_host
+                    .iter_mut()
+                    .zip(rows.iter().zip(&seen))
+                    .map(|(sampler, (row, seen))| sampler.sample(row, seen).unwrap())
+                    .collect();
+                assert_eq!(got, want, "{params:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn seen_masks_follow_their_slots() {
+        let mut mask = SeenMask::new(6, &Device::Cpu);
+        mask.insert(&[0]).unwrap();
+        mask.insert(&[1]).unwrap();
+        mask.insert(&[2, 9]).unwrap();
+        mask.mark(&Tensor::new(&[3u32, 4, 5], &Device::Cpu).unwrap())
+            .unwrap();
+        mask.remove(0).unwrap();
+        let rows: Vec<Vec<f32>> = mask.rows(0, 2).unwrap().unwrap().to_vec2().unwrap();
+        assert_eq!(rows[0], vec![0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(rows[1], vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
+        assert!(mask.remove(2).is_err());
+    }
+
+    #[test]
     fn invalid_settings_are_rejected() {
         assert!(
             Sampler::new(&GenerationParams {
