@@ -420,6 +420,19 @@ impl OpenO3Video {
         questions: &[&str],
         params: &GenerationParams,
     ) -> Result<Vec<Answer>> {
+        self.ask_batched_while(prefix, questions, params, &mut || true)
+    }
+
+    /// [`Self::ask_batched`], checking `keep_going` before every step: once it returns
+    /// `false`, the questions still decoding end as [`FinishReason::Cancelled`] with the tokens
+    /// they have (a worker passes its job's cancellation here).
+    pub fn ask_batched_while(
+        &self,
+        prefix: &PrefixCache,
+        questions: &[&str],
+        params: &GenerationParams,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Answer>> {
         let mut batch = BatchDecoder::new(&self.model, questions.len());
         let mut infos = Vec::with_capacity(questions.len());
         for (i, question) in questions.iter().enumerate() {
@@ -429,6 +442,14 @@ impl OpenO3Video {
         }
         let mut finished: Vec<Option<Generated>> = vec![None; questions.len()];
         while !batch.is_idle() {
+            if !keep_going() {
+                for (id, slot) in finished.iter_mut().enumerate() {
+                    if slot.is_none() {
+                        *slot = batch.cancel(id as SequenceId)?;
+                    }
+                }
+                break;
+            }
             for event in batch.step()? {
                 if let BatchEvent::Finished { id, generated } = event
                     && let Some(slot) = finished.get_mut(id as usize)

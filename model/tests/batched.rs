@@ -267,3 +267,57 @@ fn a_batch_refuses_bad_sequences_and_cancels_by_id() -> Result<()> {
     assert_eq!(batch.cancel(7)?, None);
     Ok(())
 }
+
+/// The worker-facing path: questions answered in one batch give the answers (text, tokens,
+/// prompt figures) each question gets alone, and a cancelled batch ends every question.
+#[test]
+fn questions_answered_together_equal_questions_answered_one_by_one() -> Result<()> {
+    use candle_core::IndexOp;
+    use vidx_model::prompt::OPEN_O3_SYSTEM_PROMPT;
+    use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
+
+    let dir = fixture_dir("tiny-realvocab");
+    let pipeline = OpenO3Video::load(&dir, &LoadOptions::default())?;
+    let fixture = candle_core::safetensors::load(dir.join("fixture.safetensors"), &Device::Cpu)?;
+    let frames_u8 = fixture.get("img.frames_u8").context("img.frames_u8")?;
+    let (n, h, w, _) = frames_u8.dims4()?;
+    let frames: Vec<TimedFrame> = (0..n)
+        .map(|i| {
+            Ok(TimedFrame {
+                image: RgbImage::new(w, h, frames_u8.i(i)?.flatten_all()?.to_vec1::<u8>()?)?,
+                timestamp_seconds: i as f64 / 2.0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let encoded = pipeline.encode_frames(&frames)?;
+    let prefix = pipeline.prefill(&encoded, OPEN_O3_SYSTEM_PROMPT, 2.0)?;
+    let questions = [
+        "What is there?",
+        "Where is the red car at the end of the video, and who is driving it?",
+        "Count the people.",
+    ];
+    let params = GenerationParams {
+        max_new_tokens: 12,
+        repetition_penalty: 1.05,
+        ..GenerationParams::default()
+    };
+    let together = pipeline.ask_batched(&prefix, &questions, &params)?;
+    for (question, batched) in questions.iter().zip(&together) {
+        let alone = pipeline.ask(&prefix, question, &params, &mut |_| true)?;
+        assert_eq!(batched, &alone, "{question}");
+    }
+    let mut steps = 0;
+    let cancelled = pipeline.ask_batched_while(&prefix, &questions, &params, &mut || {
+        steps += 1;
+        steps <= 3
+    })?;
+    for answer in &cancelled {
+        assert_eq!(answer.finish, FinishReason::Cancelled);
+        assert_eq!(
+            answer.tokens.len(),
+            4,
+            "two tokens on admission, one per later step"
+        );
+    }
+    Ok(())
+}
