@@ -131,7 +131,7 @@ impl KvCache {
             .ok_or_else(|| Error::Input(format!("no layer {layer} in the kv cache")))?;
         let grow = match entry.as_ref() {
             None => true,
-            Some((bk, _)) => bk.dims()[2] < needed || bk.dims()[1] != k.dims()[1],
+            Some((bk, _)) => bk.dims()[2] < needed,
         };
         if grow {
             let old_capacity = entry.as_ref().map(|(bk, _)| bk.dims()[2]).unwrap_or(0);

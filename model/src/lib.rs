@@ -7,9 +7,11 @@
 //!
 //! The crate is split the way candle-transformers splits its models: [`config`] (serde view of
 //! `config.json`), [`vision`] (the windowed ViT), [`text`] (the Qwen2 decoder with M-RoPE),
-//! [`model`] (the two joined), and pure, I/O-free preprocessing ([`image`], [`processor`],
-//! [`rope_index`], [`prompt`]). File and network access lives only in [`loading`]; [`pipeline`]
-//! glues everything into the API the worker calls.
+//! [`model`] (the two joined), [`kv_cache`] (caches preallocated and written in place),
+//! [`generation`] (token choice on the device, one sequence) and [`batch`] (many sequences
+//! decoded together), [`detokenize`] (incremental text), and pure, I/O-free preprocessing
+//! ([`image`], [`processor`], [`rope_index`], [`prompt`]). File and network access lives only
+//! in [`loading`]; [`pipeline`] glues everything into the API the worker calls.
 //!
 //! ```no_run
 //! use vidx_model::generation::GenerationParams;
