@@ -19,10 +19,11 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use vidx_model::generation::argmax;
+use vidx_model::batch::{BatchDecoder, SequenceStart};
+use vidx_model::generation::{GenerationParams, argmax, generate};
 use vidx_model::model::LogitsMode;
 use vidx_model::processor::Processor;
-use vidx_model::rope_index::{PositionIds, mrope_position_ids};
+use vidx_model::rope_index::mrope_position_ids;
 use vidx_model::{Config, Model, PreprocessorConfig, RgbImage};
 
 const SPECIAL_BASE: u32 = 151_643;
@@ -31,6 +32,8 @@ const HEIGHT: usize = 224;
 const WIDTH: usize = 448;
 const FPS: f64 = 2.0;
 const GEN_TOKENS: usize = 16;
+/// Batch sizes of the batched decode figures.
+const BATCHES: [usize; 3] = [1, 4, 8];
 
 fn medium_config() -> Result<Config> {
     let id = |i: u32| SPECIAL_BASE + i;
@@ -152,6 +155,47 @@ struct Figures {
     prefill_s: f64,
     decode_ms: f64,
     peak_mib: Option<f64>,
+    /// `(batch, tokens/s)` of batched greedy decoding from the prefilled prompt.
+    batched: Vec<(usize, f64)>,
+}
+
+/// Greedy decoding of `GEN_TOKENS` tokens, EOS ignored.
+fn greedy_params() -> GenerationParams {
+    GenerationParams {
+        max_new_tokens: GEN_TOKENS + 1,
+        ..GenerationParams::default()
+    }
+}
+
+/// Tokens/s of `batch` sequences continuing `prefix` together in a [`BatchDecoder`]; the
+/// first step (admission, which also decodes a token) is not timed.
+fn batched_tokens_per_second(
+    model: &Model,
+    prefix: &vidx_model::KvCache,
+    first_logits: &Tensor,
+    next_position: i64,
+    context: &[u32],
+    batch: usize,
+) -> Result<f64> {
+    let mut decoder = BatchDecoder::new(model, batch);
+    for id in 0..batch {
+        decoder.submit(SequenceStart {
+            id: id as u64,
+            cache: prefix.fork(prefix.len(), prefix.len() + GEN_TOKENS + 1)?,
+            first_logits: first_logits.clone(),
+            next_position,
+            context: context.to_vec(),
+            params: greedy_params(),
+        })?;
+    }
+    decoder.step()?;
+    let t0 = Instant::now();
+    let mut steps = 0;
+    while !decoder.is_idle() {
+        decoder.step()?;
+        steps += 1;
+    }
+    Ok((steps * batch) as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn run_candle(repeats: usize) -> Result<Figures> {
@@ -179,6 +223,7 @@ fn run_candle(repeats: usize) -> Result<Figures> {
         pixels.grids
     );
     let (mut vision, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_prefill = None;
     for r in 0..repeats {
         let t0 = Instant::now();
         model.encode_vision(&pixel_tensor, &pixels.grids)?;
@@ -186,34 +231,59 @@ fn run_candle(repeats: usize) -> Result<Figures> {
         let t0 = Instant::now();
         let embeds = model.encode_vision(&pixel_tensor, &pixels.grids)?;
         let inputs = model.embed(&ids, Some(&embeds))?;
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache_with_capacity(ids.len() + GEN_TOKENS + 1);
         let logits = model.forward_embeds(&inputs, &positions, &mut cache, LogitsMode::Last)?;
-        let mut token = argmax(&logits.flatten_all()?.to_vec1()?);
+        let _first = argmax(&logits.flatten_all()?.to_vec1()?);
         prefill.push(t0.elapsed().as_secs_f64());
+        let prefix = cache.fork(cache.len(), cache.len())?;
+        let next_position = ids.len() as i64 + positions.rope_delta;
         let t0 = Instant::now();
-        for k in 0..GEN_TOKENS {
-            let position = ids.len() as i64 + k as i64 + positions.rope_delta;
-            let e = model.embed(&[token], None)?;
-            let l = model.forward_embeds(
-                &e,
-                &PositionIds::text(position, 1),
-                &mut cache,
-                LogitsMode::Last,
-            )?;
-            token = argmax(&l.flatten_all()?.to_vec1()?);
+        // GEN_TOKENS forward passes (the first token comes from the prefill's logits).
+        let generated = generate(
+            &model,
+            &logits,
+            &mut cache,
+            next_position,
+            &ids,
+            &greedy_params(),
+            &mut |_| true,
+        )?;
+        if generated.tokens.len() != GEN_TOKENS + 1 {
+            bail!("decoded {} tokens", generated.tokens.len());
         }
         decode.push(t0.elapsed().as_secs_f64() * 1000.0 / GEN_TOKENS as f64);
+        last_prefill = Some((prefix, logits, next_position));
         println!(
             "candle repeat {r}: vision {:.2}s prefill(total) {:.2}s decode {:.1} ms/token",
             vision[r], prefill[r], decode[r]
         );
     }
+    let peak_mib = peak_rss_mib();
+    let (prefix, logits, next_position) = last_prefill.context("no repeat ran")?;
+    let mut batched = Vec::new();
+    for batch in BATCHES {
+        let rate = batched_tokens_per_second(&model, &prefix, &logits, next_position, &ids, batch)?;
+        println!("candle batched decode: batch {batch} {rate:.1} tokens/s");
+        batched.push((batch, rate));
+    }
     Ok(Figures {
         vision_s: median(&vision),
         prefill_s: median(&prefill),
         decode_ms: median(&decode),
-        peak_mib: peak_rss_mib(),
+        // Before the batched runs: their caches are not part of the single-sequence figure.
+        peak_mib,
+        batched,
     })
+}
+
+fn print_batched(candle: &Figures) {
+    let base = candle.batched.first().map(|b| b.1).unwrap_or(f64::NAN);
+    for (batch, rate) in &candle.batched {
+        println!(
+            "batched decode, batch {batch:<2}    {rate:>10.1} tokens/s   {:>6.2}x batch 1",
+            rate / base
+        );
+    }
 }
 
 fn run_pytorch(python: &Path, script: &Path, repeats: usize) -> Result<Figures> {
@@ -262,6 +332,7 @@ fn run_pytorch(python: &Path, script: &Path, repeats: usize) -> Result<Figures> 
         prefill_s: median(&list("prefill_total_s(vision+text, logits_to_keep=1)")?),
         decode_ms: median(&list("decode_ms_per_token")?),
         peak_mib,
+        batched: Vec::new(),
     })
 }
 
@@ -364,6 +435,7 @@ fn main() -> Result<()> {
             candle.decode_ms,
             fmt_mem(candle.peak_mib)
         );
+        print_batched(&candle);
         println!(
             "pytorch reference skipped: {} or {} missing",
             python.display(),
@@ -389,5 +461,6 @@ fn main() -> Result<()> {
         (Some(c), Some(t)) => row("peak RSS (MiB)", c, t, ""),
         (c, t) => println!("peak memory: candle {} pytorch {}", fmt_mem(c), fmt_mem(t)),
     }
+    print_batched(&candle);
     bench_fused_ops()
 }

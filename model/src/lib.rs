@@ -7,9 +7,11 @@
 //!
 //! The crate is split the way candle-transformers splits its models: [`config`] (serde view of
 //! `config.json`), [`vision`] (the windowed ViT), [`text`] (the Qwen2 decoder with M-RoPE),
-//! [`model`] (the two joined), and pure, I/O-free preprocessing ([`image`], [`processor`],
-//! [`rope_index`], [`prompt`]). File and network access lives only in [`loading`]; [`pipeline`]
-//! glues everything into the API the worker calls.
+//! [`model`] (the two joined), [`kv_cache`] (caches preallocated and written in place),
+//! [`generation`] (token choice on the device, one sequence) and [`batch`] (many sequences
+//! decoded together), [`detokenize`] (incremental text), and pure, I/O-free preprocessing
+//! ([`image`], [`processor`], [`rope_index`], [`prompt`]). File and network access lives only
+//! in [`loading`]; [`pipeline`] glues everything into the API the worker calls.
 //!
 //! ```no_run
 //! use vidx_model::generation::GenerationParams;
@@ -35,10 +37,13 @@
 //! # }
 //! ```
 
+pub mod batch;
 pub mod config;
+pub mod detokenize;
 pub mod device;
 pub mod generation;
 pub mod image;
+pub mod kv_cache;
 pub mod loading;
 pub mod model;
 pub mod nn;
@@ -54,10 +59,10 @@ pub use config::{Config, PreprocessorConfig, VisionConfig};
 pub use device::{DTypeSetting, DeviceError, DeviceSetting};
 pub use generation::{GenerationParams, Sampler};
 pub use image::{RgbImage, resize_rgb_bicubic, smart_resize};
+pub use kv_cache::KvCache;
 pub use loading::{HubOptions, LoadOptions, ModelFiles};
 pub use model::{LogitsMode, Model};
 pub use pipeline::{Answer, EncodedFrames, OpenO3Video, PrefixCache, TimedFrame};
-pub use text::KvCache;
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

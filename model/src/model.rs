@@ -157,8 +157,18 @@ impl Model {
         self.text.set_attention_block_elements(elements);
     }
 
-    /// An empty KV cache sized for this model.
+    /// An empty KV cache for this model.
     pub fn new_cache(&self) -> crate::KvCache {
         crate::KvCache::new(self.text.num_layers())
+    }
+
+    /// An empty KV cache whose buffers hold `positions` positions before they grow.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> crate::KvCache {
+        crate::KvCache::with_capacity(self.text.num_layers(), positions)
+    }
+
+    /// The decoder.
+    pub(crate) fn text(&self) -> &TextModel {
+        &self.text
     }
 }

@@ -2,21 +2,27 @@
 //!
 //! Frames go through the vision tower once ([`OpenO3Video::encode_frames`]); the shared prompt
 //! prefix (system turn + frames) is prefilled once ([`OpenO3Video::prefill`]); every question
-//! then continues a clone of that KV cache ([`OpenO3Video::ask`]). Everything here is blocking
-//! CPU/GPU work: call it from a dedicated thread or `spawn_blocking`, never on async workers.
+//! then continues a copy of that KV cache, alone and streamed ([`OpenO3Video::ask`]) or all
+//! questions decoded together in one batch ([`OpenO3Video::ask_batched`], which
+//! [`OpenO3Video::ask_all`] uses). A caller running its own [`BatchDecoder`] across jobs
+//! submits [`OpenO3Video::start_question`]'s sequences and turns each finished one into an
+//! [`Answer`] with [`OpenO3Video::answer`]. Everything here is blocking CPU/GPU work: call it
+//! from a dedicated thread or `spawn_blocking`, never on async workers.
 
 use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::generation::{FinishReason, GenerationParams, generate};
+use crate::batch::{BatchDecoder, BatchEvent, SequenceId, SequenceStart};
+use crate::detokenize::TextStream;
+use crate::generation::{FinishReason, Generated, GenerationParams, generate};
 use crate::image::RgbImage;
+use crate::kv_cache::KvCache;
 use crate::loading::{HubOptions, LoadOptions, ModelFiles};
 use crate::model::{LogitsMode, Model};
 use crate::processor::Processor;
 use crate::prompt::{self, QwenTokenizer};
 use crate::rope_index::mrope_position_ids;
-use crate::text::KvCache;
 use crate::{Error, Result};
 
 /// One sampled video frame and its time in the video.
@@ -85,7 +91,6 @@ impl EncodedVideo {
 }
 
 /// A prefilled prompt prefix (system turn + frames + duration line) and its KV cache.
-#[derive(Debug, Clone)]
 pub struct PrefixCache {
     frames: EncodedFrames,
     system_prompt: String,
@@ -114,6 +119,36 @@ pub struct Answer {
     pub prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache instead of being recomputed.
     pub reused_prefix_tokens: usize,
+}
+
+/// A question prefilled after a prefix, ready to decode alone or in a [`BatchDecoder`].
+#[derive(Debug)]
+pub struct QuestionStart {
+    /// The sequence to submit (its id is the caller's).
+    pub sequence: SequenceStart,
+    /// Length of the full prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub reused_prefix_tokens: usize,
+}
+
+/// What [`OpenO3Video::answer`] needs of a [`QuestionStart`] once its sequence is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuestionStartInfo {
+    /// Length of the full prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub reused_prefix_tokens: usize,
+}
+
+impl QuestionStart {
+    /// The prompt figures to keep for [`OpenO3Video::answer`].
+    pub fn info(&self) -> QuestionStartInfo {
+        QuestionStartInfo {
+            prompt_tokens: self.prompt_tokens,
+            reused_prefix_tokens: self.reused_prefix_tokens,
+        }
+    }
 }
 
 /// A prompt after its prefill: last-position logits and the cache to continue.
@@ -279,15 +314,14 @@ impl OpenO3Video {
         })
     }
 
-    /// Answers one question after a prefilled prefix. `on_text` receives text deltas as they
-    /// are decoded and returns `false` to stop.
-    pub fn ask(
+    /// Prefills `question` after `prefix` into a copy of its cache with room for `extra`
+    /// more positions.
+    fn prefill_question(
         &self,
         prefix: &PrefixCache,
         question: &str,
-        params: &GenerationParams,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
+        extra: usize,
+    ) -> Result<Prefilled> {
         let frames = &prefix.frames;
         let ids = self.prompt_ids(
             frames,
@@ -310,8 +344,7 @@ impl OpenO3Video {
             .take_while(|(a, b)| a == b)
             .count();
         let reused = shared.min(ids.len() - 1);
-        let mut cache = prefix.cache.clone();
-        cache.truncate(reused)?;
+        let mut cache = prefix.cache.fork(reused, ids.len() + extra)?;
         let embeds = self.model.embed(&ids, Some(&frames.embeds))?;
         let tail = embeds.narrow(1, reused, ids.len() - reused)?;
         let logits = self.model.forward_embeds(
@@ -320,14 +353,120 @@ impl OpenO3Video {
             &mut cache,
             LogitsMode::Last,
         )?;
-        let prefilled = Prefilled {
+        Ok(Prefilled {
             logits,
             cache,
             ids,
             rope_delta: positions.rope_delta,
             reused,
-        };
+        })
+    }
+
+    /// Answers one question after a prefilled prefix. `on_text` receives text deltas as they
+    /// are decoded and returns `false` to stop.
+    pub fn ask(
+        &self,
+        prefix: &PrefixCache,
+        question: &str,
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let prefilled = self.prefill_question(prefix, question, params.max_new_tokens)?;
         self.finish(prefilled, params, on_text)
+    }
+
+    /// Prefills `question` after `prefix` as sequence `id` of a [`BatchDecoder`] (the stop
+    /// ids of the model are added to `params`).
+    pub fn start_question(
+        &self,
+        prefix: &PrefixCache,
+        question: &str,
+        params: &GenerationParams,
+        id: SequenceId,
+    ) -> Result<QuestionStart> {
+        let prefilled = self.prefill_question(prefix, question, params.max_new_tokens)?;
+        let mut params = params.clone();
+        params.stop_token_ids.extend(&self.stop_ids);
+        Ok(QuestionStart {
+            prompt_tokens: prefilled.ids.len(),
+            reused_prefix_tokens: prefilled.reused,
+            sequence: SequenceStart {
+                id,
+                cache: prefilled.cache,
+                first_logits: prefilled.logits,
+                next_position: prefilled.ids.len() as i64 + prefilled.rope_delta,
+                context: prefilled.ids,
+                params,
+            },
+        })
+    }
+
+    /// The answer of a finished sequence started with [`Self::start_question`].
+    pub fn answer(&self, start: &QuestionStartInfo, generated: Generated) -> Result<Answer> {
+        Ok(Answer {
+            text: self.tokenizer.decode(&generated.tokens)?,
+            tokens: generated.tokens,
+            finish: generated.finish,
+            prompt_tokens: start.prompt_tokens,
+            reused_prefix_tokens: start.reused_prefix_tokens,
+        })
+    }
+
+    /// Answers every question after `prefix`, all decoded together in one batch (one forward
+    /// pass per token for all of them). Answers come in the order of `questions`.
+    pub fn ask_batched(
+        &self,
+        prefix: &PrefixCache,
+        questions: &[&str],
+        params: &GenerationParams,
+    ) -> Result<Vec<Answer>> {
+        self.ask_batched_while(prefix, questions, params, &mut || true)
+    }
+
+    /// [`Self::ask_batched`], checking `keep_going` before every step: once it returns
+    /// `false`, the questions still decoding end as [`FinishReason::Cancelled`] with the tokens
+    /// they have (a worker passes its job's cancellation here).
+    pub fn ask_batched_while(
+        &self,
+        prefix: &PrefixCache,
+        questions: &[&str],
+        params: &GenerationParams,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Answer>> {
+        let mut batch = BatchDecoder::new(&self.model, questions.len());
+        let mut infos = Vec::with_capacity(questions.len());
+        for (i, question) in questions.iter().enumerate() {
+            let start = self.start_question(prefix, question, params, i as SequenceId)?;
+            infos.push(start.info());
+            batch.submit(start.sequence)?;
+        }
+        let mut finished: Vec<Option<Generated>> = vec![None; questions.len()];
+        while !batch.is_idle() {
+            if !keep_going() {
+                for (id, slot) in finished.iter_mut().enumerate() {
+                    if slot.is_none() {
+                        *slot = batch.cancel(id as SequenceId)?;
+                    }
+                }
+                break;
+            }
+            for event in batch.step()? {
+                if let BatchEvent::Finished { id, generated } = event
+                    && let Some(slot) = finished.get_mut(id as usize)
+                {
+                    *slot = Some(generated);
+                }
+            }
+        }
+        infos
+            .iter()
+            .zip(finished)
+            .map(|(info, generated)| {
+                let generated = generated
+                    .ok_or_else(|| Error::Input("a batched question never finished".into()))?;
+                self.answer(info, generated)
+            })
+            .collect()
     }
 
     /// Generates after a prefill and decodes the answer, streaming text deltas.
@@ -346,18 +485,12 @@ impl OpenO3Video {
         } = prefilled;
         let mut params = params.clone();
         params.stop_token_ids.extend(&self.stop_ids);
-        let mut generated_ids: Vec<u32> = Vec::new();
-        let mut emitted = String::new();
+        let mut stream = TextStream::new(&self.tokenizer);
         let mut decode_error = None;
         let mut callback = |token: u32| -> bool {
-            generated_ids.push(token);
-            match self.tokenizer.decode(&generated_ids) {
-                Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > emitted.len() => {
-                    let delta = text[emitted.len()..].to_string();
-                    emitted = text;
-                    on_text(&delta)
-                }
-                Ok(_) => true,
+            match stream.push(token) {
+                Ok(Some(delta)) => on_text(&delta),
+                Ok(None) => true,
                 Err(e) => {
                     decode_error = Some(e);
                     false
@@ -428,7 +561,9 @@ impl OpenO3Video {
             &self.model.rope_index_params(),
         )?;
         let embeds = self.model.embed(&ids, Some(&video.embeds))?;
-        let mut cache = self.model.new_cache();
+        let mut cache = self
+            .model
+            .new_cache_with_capacity(ids.len() + params.max_new_tokens);
         let logits =
             self.model
                 .forward_embeds(&embeds, &positions, &mut cache, LogitsMode::Last)?;
@@ -442,7 +577,8 @@ impl OpenO3Video {
         self.finish(prefilled, params, on_text)
     }
 
-    /// Encodes the frames once, prefills the prefix once and answers every question.
+    /// Encodes the frames once, prefills the prefix once and answers every question, all
+    /// decoded together ([`Self::ask_batched`]).
     pub fn ask_all(
         &self,
         frames: &[TimedFrame],
@@ -453,10 +589,7 @@ impl OpenO3Video {
     ) -> Result<Vec<Answer>> {
         let encoded = self.encode_frames(frames)?;
         let prefix = self.prefill(&encoded, system_prompt, duration_seconds)?;
-        questions
-            .iter()
-            .map(|q| self.ask(&prefix, q, params, &mut |_| true))
-            .collect()
+        self.ask_batched(&prefix, questions, params)
     }
 }
 

@@ -6,111 +6,70 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::Config;
+use crate::kv_cache::{KvCache, SlotCache, StepLayout};
 use crate::nn::{Linear, linear_b, linear_no_bias};
 use crate::rope_index::PositionIds;
 use crate::vision::RmsNorm;
 use crate::{Error, Result};
 
-/// Key/value cache of all layers. Cloning is cheap (tensors are shared, never written in
-/// place), so a prefilled prefix can be cloned and continued independently per question.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    /// An empty cache for `num_layers` layers.
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keeps only the first `len` positions.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        for layer in &mut self.layers {
-            if let Some((k, v)) = layer.as_mut() {
-                if len == 0 {
-                    *layer = None;
-                } else if k.dim(2)? > len {
-                    *k = k.narrow(2, 0, len)?;
-                    *v = v.narrow(2, 0, len)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let entry = &mut self.layers[layer];
-        let (k, v) = match entry.as_ref() {
-            None => (k.clone(), v.clone()),
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-        };
-        *entry = Some((k.clone(), v.clone()));
-        Ok((k, v))
-    }
-}
-
 /// M-RoPE tables: per token, the rotary half-dimension takes its angle from the t, h or w
-/// position row according to `mrope_section`.
+/// position row according to `mrope_section`. Angles are computed on the device from the
+/// positions (`3 x L` numbers cross to it, not `L x head_dim` tables).
 #[derive(Debug, Clone)]
 struct MultimodalRotary {
-    inv_freq: Vec<f32>,
-    section_of: Vec<usize>,
+    /// `[1, head_dim/2]` f32 inverse frequencies.
+    inv_freq: Tensor,
+    /// `[head_dim/2]` u32: the position row (0 = t, 1 = h, 2 = w) of each frequency.
+    section_of: Tensor,
 }
 
 impl MultimodalRotary {
-    fn new(config: &Config) -> Self {
+    fn new(config: &Config, device: &Device) -> Result<Self> {
         let head_dim = config.head_dim();
         let theta = config.rope_theta as f32;
-        let inv_freq = (0..head_dim)
+        let inv_freq: Vec<f32> = (0..head_dim)
             .step_by(2)
             .map(|i| 1.0f32 / theta.powf(i as f32 / head_dim as f32))
             .collect();
-        let section_of = config
+        let section_of: Vec<u32> = config
             .mrope_section
             .iter()
             .enumerate()
-            .flat_map(|(s, &n)| std::iter::repeat_n(s, n))
+            .flat_map(|(s, &n)| std::iter::repeat_n(s as u32, n))
             .collect();
-        Self {
-            inv_freq,
-            section_of,
+        if section_of.len() != inv_freq.len() {
+            return Err(Error::Config(format!(
+                "mrope_section covers {} of {} rotary frequencies",
+                section_of.len(),
+                inv_freq.len()
+            )));
         }
+        let half = inv_freq.len();
+        Ok(Self {
+            inv_freq: Tensor::from_vec(inv_freq, (1, half), device)?,
+            section_of: Tensor::from_vec(section_of, half, device)?,
+        })
     }
 
     /// `(cos, sin)` of shape `[L, head_dim/2]`, f32.
-    fn tables(&self, positions: &PositionIds, device: &Device) -> Result<(Tensor, Tensor)> {
+    fn tables(&self, positions: &PositionIds) -> Result<(Tensor, Tensor)> {
         let len = positions.len();
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for i in 0..len {
-            for (j, f) in self.inv_freq.iter().enumerate() {
-                let angle = positions.rows[self.section_of[j]][i] as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (len, half), device)?,
-            Tensor::from_vec(sin, (len, half), device)?,
-        ))
+        let rows: Vec<f32> = (0..len)
+            .flat_map(|i| positions.rows.iter().map(move |row| row[i] as f32))
+            .collect();
+        let rows = Tensor::from_vec(rows, (len, 3), self.inv_freq.device())?;
+        let angle = rows
+            .index_select(&self.section_of, 1)?
+            .broadcast_mul(&self.inv_freq)?;
+        Ok((angle.cos()?, angle.sin()?))
+    }
+
+    /// `(cos, sin)` of shape `[N, head_dim/2]` for one text position per sequence.
+    fn text_tables(&self, positions: &[i64]) -> Result<(Tensor, Tensor)> {
+        let rows: Vec<f32> = positions.iter().map(|&p| p as f32).collect();
+        let rows = Tensor::from_vec(rows, (positions.len(), 1), self.inv_freq.device())?;
+        let angle = rows.broadcast_mul(&self.inv_freq)?;
+        Ok((angle.cos()?, angle.sin()?))
     }
 }
 
@@ -140,6 +99,24 @@ impl Attention {
         })
     }
 
+    /// Projections and rotary embedding: `q` `[B, heads, L, hd]`, `k`, `v` `[B, kv, L, hd]`.
+    /// `cos`/`sin` are `[L, hd/2]` or `[B, L, hd/2]` in the activations' dtype.
+    fn project(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, len, _) = xs.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, len, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q_proj.forward(xs)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(xs)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        Ok((q, k, v))
+    }
+
+    /// Attention of `L` new tokens of one sequence over its cache and themselves, causal.
     fn forward(
         &self,
         xs: &Tensor,
@@ -150,28 +127,17 @@ impl Attention {
         block_elements: usize,
     ) -> Result<Tensor> {
         let (b, len, _) = xs.dims3()?;
-        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, len, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(xs)?, self.num_kv_heads)?;
-        let rope = |t: &Tensor| -> Result<Tensor> {
-            let dtype = t.dtype();
-            Ok(candle_nn::rotary_emb::rope(&t.to_dtype(DType::F32)?, cos, sin)?.to_dtype(dtype)?)
-        };
-        let (q, k) = (rope(&q)?, rope(&k)?);
+        let (q, k, v) = self.project(xs, cos, sin)?;
+        let past = cache.len();
+        // Views of the cache's valid positions: never copied, the matmuls read them strided.
         let (k, v) = cache.append(layer, &k, &v)?;
         let groups = self.num_heads / self.num_kv_heads;
-        let total = k.dim(2)?;
-        let past = total - len;
+        let total = past + len;
         // Scaling q is cheaper than scaling the score matrix.
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
         // Causal attention over blocks of query rows: each block only sees the keys up to its
-        // last position, and its score matrix stays within `block_elements` (cache friendly,
-        // and small enough for the allocator to reuse instead of mapping fresh pages).
+        // last position, and its score matrix stays within `block_elements` (sized for the
+        // device: cache-sized on the CPU, a few large launches on a GPU).
         let rows = (block_elements / (self.num_heads * total).max(1)).clamp(1, len);
         let mut outputs = Vec::with_capacity(len.div_ceil(rows));
         for start in (0..len).step_by(rows) {
@@ -185,22 +151,11 @@ impl Attention {
                 groups * n,
                 self.head_dim,
             ))?;
-            let kb = k.narrow(2, 0, visible)?.contiguous()?;
-            let vb = v.narrow(2, 0, visible)?.contiguous()?;
+            let kb = k.narrow(2, 0, visible)?;
+            let vb = v.narrow(2, 0, visible)?;
             let mut scores = crate::nn::matmul(&qb, &kb.t()?)?.to_dtype(DType::F32)?;
             if n > 1 {
-                let mask: Vec<f32> = (0..n)
-                    .flat_map(|i| {
-                        (0..visible).map(move |j| {
-                            if j > past + start + i {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
-                        })
-                    })
-                    .collect();
-                let mask = Tensor::from_vec(mask, (n, visible), scores.device())?;
+                let mask = causal_mask(n, visible, past + start, scores.device())?;
                 scores = scores
                     .reshape((b, self.num_kv_heads, groups, n, visible))?
                     .broadcast_add(&mask)?
@@ -214,13 +169,57 @@ impl Attention {
                 self.head_dim,
             ))?);
         }
-        let out = Tensor::cat(&outputs, 2)?.transpose(1, 2)?.reshape((
-            b,
-            len,
-            self.num_heads * self.head_dim,
-        ))?;
+        let out = if outputs.len() == 1 {
+            outputs.swap_remove(0)
+        } else {
+            Tensor::cat(&outputs, 2)?
+        };
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, len, self.num_heads * self.head_dim))?;
         Ok(self.o_proj.forward(&out)?)
     }
+
+    /// One new token per active slot of a batch (`xs` `[N, 1, D]`), each attending over its
+    /// own slot up to its own length.
+    fn forward_step(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &SlotCache,
+        layer: usize,
+        step: &StepLayout,
+    ) -> Result<Tensor> {
+        let (n, _, _) = xs.dims3()?;
+        let (q, k, v) = self.project(xs, cos, sin)?;
+        let (k, v) = cache.write_step(layer, &k, &v, step)?;
+        let groups = self.num_heads / self.num_kv_heads;
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?.reshape((
+            n,
+            self.num_kv_heads,
+            groups,
+            self.head_dim,
+        ))?;
+        let mut scores = crate::nn::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
+        if let Some(mask) = &step.mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = crate::nn::matmul(&probs, &v)?.reshape((n, 1, self.num_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// `[n, visible]` additive causal mask, built on the device: query row `i` (at absolute
+/// position `first_row + i`) sees keys `0..=first_row + i`.
+fn causal_mask(n: usize, visible: usize, first_row: usize, device: &Device) -> Result<Tensor> {
+    let columns = Tensor::arange(0u32, visible as u32, device)?.unsqueeze(0)?;
+    let rows = Tensor::arange(first_row as u32, (first_row + n) as u32, device)?.unsqueeze(1)?;
+    let hidden = columns.broadcast_gt(&rows)?;
+    let blocked = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as((n, visible))?;
+    let open = Tensor::new(0f32, device)?.broadcast_as((n, visible))?;
+    Ok(hidden.where_cond(&blocked, &open)?)
 }
 
 #[derive(Debug, Clone)]
@@ -292,12 +291,19 @@ pub struct TextModel {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: MultimodalRotary,
-    /// Upper bound on elements of one attention score block.
-    attention_block_elements: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    /// Upper bound on elements of one attention score block; `None`: by device.
+    attention_block_elements: Option<usize>,
 }
 
-/// Default bound on attention score elements per block: 2M f32 values (8 MiB).
+/// Default bound on attention score elements per block on the CPU: 2M f32 values (8 MiB),
+/// so a block stays in cache and the allocator reuses it.
 pub const ATTENTION_BLOCK_ELEMENTS: usize = 1 << 21;
+
+/// Default bound on a GPU: 128M f32 values (512 MiB), so a 7k-token prefill of a 7B model
+/// takes about a dozen blocks per layer rather than thousands of small launches.
+pub const GPU_ATTENTION_BLOCK_ELEMENTS: usize = 1 << 27;
 
 impl TextModel {
     /// Builds the decoder from the root `vb` (`model.*` and `lm_head`).
@@ -321,15 +327,25 @@ impl TextModel {
             layers,
             norm,
             lm_head,
-            rotary: MultimodalRotary::new(config),
-            attention_block_elements: ATTENTION_BLOCK_ELEMENTS,
+            rotary: MultimodalRotary::new(config, vb.device())?,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim(),
+            attention_block_elements: None,
         })
     }
 
     /// Sets the bound on attention score elements per query block (memory vs. speed; the
     /// result does not depend on it beyond float rounding).
     pub fn set_attention_block_elements(&mut self, elements: usize) {
-        self.attention_block_elements = elements.max(1);
+        self.attention_block_elements = Some(elements.max(1));
+    }
+
+    fn block_elements(&self, device: &Device) -> usize {
+        self.attention_block_elements.unwrap_or(if device.is_cpu() {
+            ATTENTION_BLOCK_ELEMENTS
+        } else {
+            GPU_ATTENTION_BLOCK_ELEMENTS
+        })
     }
 
     /// Number of decoder layers (for [`KvCache::new`]).
@@ -343,8 +359,13 @@ impl TextModel {
         Ok(self.embed_tokens.forward(&ids)?)
     }
 
+    /// Token embeddings `[N, 1, D]` of one id per sequence, the ids already on the device.
+    pub(crate) fn embed_column(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(&ids.unsqueeze(1)?)?)
+    }
+
     /// Runs the decoder on `embeds` `[1, L, D]` placed after the `cache`'s positions, with the
-    /// given M-RoPE positions (`L` of them), appending to the cache.
+    /// given M-RoPE positions (`L` of them), writing the new positions into the cache.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -354,17 +375,19 @@ impl TextModel {
         mut trace: Option<&mut TextTrace>,
     ) -> Result<Tensor> {
         let (_, len, _) = embeds.dims3()?;
-        if positions.len() != len {
+        if positions.len() != len || len == 0 {
             return Err(Error::Input(format!(
                 "{} positions for {len} tokens",
                 positions.len()
             )));
         }
-        if cache.layers.len() != self.layers.len() {
+        if cache.num_layers() != self.layers.len() {
             *cache = KvCache::new(self.layers.len());
         }
         let device = embeds.device();
-        let (cos, sin) = self.rotary.tables(positions, device)?;
+        let (cos, sin) = self.rotary.tables(positions)?;
+        let (cos, sin) = (cos.to_dtype(embeds.dtype())?, sin.to_dtype(embeds.dtype())?);
+        let block_elements = self.block_elements(device);
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = layer.self_attn.forward(
@@ -373,7 +396,7 @@ impl TextModel {
                 &sin,
                 cache,
                 i,
-                self.attention_block_elements,
+                block_elements,
             )?;
             xs = (xs + attn)?;
             xs = (&xs
@@ -384,33 +407,70 @@ impl TextModel {
                 t.layer_out.push(xs.clone());
             }
         }
-        let xs = self.norm.forward(&xs)?;
-        if let Some(t) = trace {
-            t.final_norm = Some(xs.clone());
-        }
-        let xs = match mode {
-            LogitsMode::All => xs,
-            LogitsMode::Last => xs.narrow(1, len - 1, 1)?,
+        cache.advance(len);
+        let xs = match (mode, trace) {
+            (_, Some(t)) => {
+                let normed = self.norm.forward(&xs)?;
+                t.final_norm = Some(normed.clone());
+                match mode {
+                    LogitsMode::All => normed,
+                    LogitsMode::Last => normed.narrow(1, len - 1, 1)?,
+                }
+            }
+            (LogitsMode::All, None) => self.norm.forward(&xs)?,
+            // The norm is per position: only the last one is needed.
+            (LogitsMode::Last, None) => self.norm.forward(&xs.narrow(1, len - 1, 1)?)?,
         };
         Ok(self.lm_head.forward(&xs)?.to_dtype(DType::F32)?)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncating_a_cache_keeps_the_prefix() {
-        let device = Device::Cpu;
-        let mut cache = KvCache::new(2);
-        let k = Tensor::zeros((1, 2, 5, 4), DType::F32, &device).unwrap();
-        for layer in 0..2 {
-            cache.append(layer, &k, &k).unwrap();
+    /// One decode step of a batch: `embeds` `[N, 1, D]` holds the next token of each of the
+    /// `N` active slots of `cache`, at text position `positions[i]`. Returns f32 logits
+    /// `[N, V]`; the cache holds one more position per slot.
+    pub(crate) fn forward_step(
+        &self,
+        embeds: &Tensor,
+        positions: &[i64],
+        cache: &mut SlotCache,
+    ) -> Result<Tensor> {
+        let (n, _, _) = embeds.dims3()?;
+        if positions.len() != n || cache.active() != n {
+            return Err(Error::Input(format!(
+                "{n} tokens for {} positions and {} active sequences",
+                positions.len(),
+                cache.active()
+            )));
         }
-        let shared = cache.clone();
-        cache.truncate(3).unwrap();
-        assert_eq!(cache.len(), 3);
-        assert_eq!(shared.len(), 5);
+        let device = embeds.device();
+        let step = cache.step_layout(self.num_kv_heads, self.head_dim, device)?;
+        let (cos, sin) = self.rotary.text_tables(positions)?;
+        let half = self.head_dim / 2;
+        let (cos, sin) = (
+            cos.to_dtype(embeds.dtype())?.reshape((n, 1, half))?,
+            sin.to_dtype(embeds.dtype())?.reshape((n, 1, half))?,
+        );
+        let mut xs = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = layer.self_attn.forward_step(
+                &layer.input_layernorm.forward(&xs)?,
+                &cos,
+                &sin,
+                cache,
+                i,
+                &step,
+            )?;
+            xs = (xs + attn)?;
+            xs = (&xs
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&xs)?)?)?;
+        }
+        cache.advance();
+        let xs = self.norm.forward(&xs)?;
+        Ok(self
+            .lm_head
+            .forward(&xs)?
+            .to_dtype(DType::F32)?
+            .squeeze(1)?)
     }
 }

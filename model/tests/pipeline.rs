@@ -326,8 +326,7 @@ fn continuing_a_cloned_and_truncated_cache_equals_a_full_prefill() -> Result<()>
         &mut shared,
         LogitsMode::Last,
     )?;
-    let mut branch = shared.clone();
-    branch.truncate(cut)?;
+    let mut branch = shared.fork(cut, len)?;
     assert_eq!(branch.len(), cut);
     let continued = model.forward_embeds(
         &embeds.narrow(1, cut, len - cut)?,

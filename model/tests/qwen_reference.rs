@@ -300,7 +300,7 @@ fn check_case(fx: &Fixture, prefix: &str, report: &mut Report) -> Result<()> {
     let want_positions = ints(t("gen.positions")?)?;
     let mut step_logits = vec![last.squeeze(0)?];
     let mut fed_positions = vec![-1i64];
-    let mut decode_cache: KvCache = cache.clone();
+    let mut decode_cache: KvCache = cache.fork(len, len + tokens.len())?;
     for k in 1..tokens.len() {
         let position = len as i64 + (k as i64 - 1) + positions.rope_delta;
         fed_positions.push(position);
