@@ -14,7 +14,7 @@ use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
 use vidx_core::auth::Token;
 use vidx_core::client::{ClientConfig, CoordinatorClient};
-use vidx_core::domain::{LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec};
+use vidx_core::domain::{LeasedJob, PassState, Segment};
 use vidx_core::source::JobSource;
 use vidx_worker::runtime::{CancelFlag, JobFailure, JobRunner, Outcome, WorkerConfig, run};
 
@@ -66,43 +66,9 @@ impl JobRunner for ByName {
     }
 }
 
+/// A running pass of one probe job per name (the conformance suites' set-up).
 async fn pass(coordinator: &Coordinator, names: &[&str]) -> String {
-    let spec = PassSpec {
-        source: "file:///corpus/".into(),
-        destination: "file:///index/".into(),
-        task: TaskSpec::default(),
-        sampling: Sampling::default(),
-        idempotency_key: None,
-        max_attempts: 3,
-    };
-    let pass_id = coordinator
-        .store()
-        .create_pass(&spec, 0)
-        .await
-        .unwrap()
-        .pass_id;
-    let jobs: Vec<NewJob> = names
-        .iter()
-        .map(|name| NewJob {
-            video_url: format!("file:///corpus/{name}.mp4"),
-            start_s: 0.0,
-            end_s: 0.0,
-            size_bytes: 1,
-            etag: None,
-            probe: true,
-        })
-        .collect();
-    coordinator
-        .store()
-        .add_jobs(&pass_id, &jobs, None, 0)
-        .await
-        .unwrap();
-    coordinator
-        .store()
-        .finish_planning(&pass_id, None)
-        .await
-        .unwrap();
-    pass_id
+    vidx_coordinator::source_conformance::pass_of(coordinator, names).await
 }
 
 fn coordinator() -> Coordinator {

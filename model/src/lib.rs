@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod config;
 pub mod detokenize;

@@ -11,8 +11,10 @@
 
 use crate::{Error, Result};
 
-/// System prompt of Open-o3 Video's grounded free-form QA (think/answer tags).
-pub const OPEN_O3_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively.";
+/// Open-o3 Video's think/answer system prompt without the grounding instructions (what the
+/// transformers reference fixtures were made with). vidx asks with
+/// [`OPEN_O3_GROUNDED_SYSTEM_PROMPT`], the one grounded prompt.
+pub const OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT: &str = "A conversation between user and assistant. The user provides a video and asks a question, and the Assistant solves it. The assistant MUST first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively.";
 
 /// System prompt of Open-o3 Video's grounded reasoning (its `eval/inference_example.py`): the
 /// reasoning cites evidence as `<obj>name</obj><box>[x1,y1,x2,y2]</box>at<t>seconds</t>s`.

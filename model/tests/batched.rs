@@ -273,7 +273,7 @@ fn a_batch_refuses_bad_sequences_and_cancels_by_id() -> Result<()> {
 #[test]
 fn questions_answered_together_equal_questions_answered_one_by_one() -> Result<()> {
     use candle_core::IndexOp;
-    use vidx_model::prompt::OPEN_O3_SYSTEM_PROMPT;
+    use vidx_model::prompt::OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT;
     use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
 
     let dir = fixture_dir("tiny-realvocab");
@@ -290,7 +290,7 @@ fn questions_answered_together_equal_questions_answered_one_by_one() -> Result<(
         })
         .collect::<Result<_>>()?;
     let encoded = pipeline.encode_frames(&frames)?;
-    let prefix = pipeline.prefill(&encoded, OPEN_O3_SYSTEM_PROMPT, 2.0)?;
+    let prefix = pipeline.prefill(&encoded, OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT, 2.0)?;
     let questions = [
         "What is there?",
         "Where is the red car at the end of the video, and who is driving it?",

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use vidx_model::generation::{FinishReason, GenerationParams};
 use vidx_model::loading::{self, HubOptions};
-use vidx_model::prompt::OPEN_O3_SYSTEM_PROMPT;
+use vidx_model::prompt::OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT;
 use vidx_model::{Error, LoadOptions, OpenO3Video, RgbImage, TimedFrame};
 
 /// f32 load options on the test device, or `None` (skip, reason printed).
@@ -104,7 +104,8 @@ fn questions_share_one_vision_pass_and_the_prefix() -> Result<()> {
 
     let encoded = pipeline.encode_frames(&frames)?;
     assert_eq!(pipeline.model().vision_calls(), 1);
-    let prompt = pipeline.prompt_ids(&encoded, OPEN_O3_SYSTEM_PROMPT, 2.0, question)?;
+    let prompt =
+        pipeline.prompt_ids(&encoded, OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT, 2.0, question)?;
     let want: Vec<i64> = fixture["img.input_ids"]
         .to_dtype(DType::I64)?
         .flatten_all()?
@@ -114,7 +115,7 @@ fn questions_share_one_vision_pass_and_the_prefix() -> Result<()> {
         want
     );
 
-    let prefix = pipeline.prefill(&encoded, OPEN_O3_SYSTEM_PROMPT, 2.0)?;
+    let prefix = pipeline.prefill(&encoded, OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT, 2.0)?;
     let params = GenerationParams {
         max_new_tokens: 8,
         ..Default::default()
@@ -159,12 +160,24 @@ fn questions_share_one_vision_pass_and_the_prefix() -> Result<()> {
     let merged = "\nQuestion: What happens in the video?";
     let partial = pipeline.ask(&prefix, merged, &params, &mut |_| true)?;
     assert!(partial.reused_prefix_tokens < prefix.ids().len());
-    let fresh_merged = pipeline.ask_all(&frames, OPEN_O3_SYSTEM_PROMPT, 2.0, &[merged], &params)?;
+    let fresh_merged = pipeline.ask_all(
+        &frames,
+        OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT,
+        2.0,
+        &[merged],
+        &params,
+    )?;
     assert_eq!(fresh_merged[0].tokens, partial.tokens);
     assert_eq!(pipeline.model().vision_calls(), 2);
 
     // Answering through the shared prefix equals answering from a fresh pipeline call.
-    let fresh = pipeline.ask_all(&frames, OPEN_O3_SYSTEM_PROMPT, 2.0, &[question], &params)?;
+    let fresh = pipeline.ask_all(
+        &frames,
+        OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT,
+        2.0,
+        &[question],
+        &params,
+    )?;
     assert_eq!(fresh[0].tokens, first.tokens);
     assert_eq!(pipeline.model().vision_calls(), 3);
     Ok(())
@@ -179,7 +192,7 @@ fn streaming_callback_can_stop_generation() -> Result<()> {
     let pipeline = OpenO3Video::load(&dir, &options)?;
     let fixture = candle_core::safetensors::load(dir.join("fixture.safetensors"), &Device::Cpu)?;
     let encoded = pipeline.encode_frames(&fixture_frames(&fixture)?)?;
-    let prefix = pipeline.prefill(&encoded, OPEN_O3_SYSTEM_PROMPT, 2.0)?;
+    let prefix = pipeline.prefill(&encoded, OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT, 2.0)?;
     let params = GenerationParams {
         max_new_tokens: 8,
         temperature: 0.7,

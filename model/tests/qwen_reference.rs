@@ -495,9 +495,11 @@ fn check_prompts(fx: &Fixture, report: &mut Report) -> Result<()> {
             .context("frames")? as usize;
         let fps = fx.meta["case_img"]["fps"].as_f64().context("fps")?;
         let timestamps: Vec<f64> = (0..n).map(|i| i as f64 / fps).collect();
-        let text =
-            prompt::open_o3_prefix(prompt::OPEN_O3_SYSTEM_PROMPT, &timestamps, n as f64 / fps)
-                + &prompt::open_o3_suffix("Question: What happens in the video?");
+        let text = prompt::open_o3_prefix(
+            prompt::OPEN_O3_THINK_ANSWER_SYSTEM_PROMPT,
+            &timestamps,
+            n as f64 / fps,
+        ) + &prompt::open_o3_suffix("Question: What happens in the video?");
         if text != want_text {
             report.fail(format!(
                 "img prompt text differs:\n{text:?}\nvs\n{want_text:?}"

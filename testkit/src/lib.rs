@@ -22,6 +22,8 @@
 //!
 //! The crate has no test-only switches: `vidx bench` uses [`redis::RedisServer`] too.
 
+#![warn(missing_docs)]
+
 pub mod azurite;
 pub mod chromium;
 mod error;

@@ -343,22 +343,22 @@ impl JobRunner for VideoJobRunner {
                 clock.duration_s(),
             )
             .map_err(model_failure)?;
-        for question in &task.questions {
-            if cancel.is_raised() {
-                return Err(JobFailure {
-                    reason: "cancelled".into(),
-                    retryable: true,
-                });
-            }
-            let answer = self
-                .model
-                .ask(
-                    &prefix,
-                    &question.prompt_text(),
-                    &self.generation,
-                    &mut |_| !cancel.is_raised(),
-                )
-                .map_err(model_failure)?;
+        // Every question decodes from that prefix together, one forward pass per step.
+        let prompts: Vec<String> = task.questions.iter().map(|q| q.prompt_text()).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let answers = self
+            .model
+            .ask_batched_while(&prefix, &prompts, &self.generation, &mut || {
+                !cancel.is_raised()
+            })
+            .map_err(model_failure)?;
+        if cancel.is_raised() {
+            return Err(JobFailure {
+                reason: "cancelled".into(),
+                retryable: true,
+            });
+        }
+        for (question, answer) in task.questions.iter().zip(&answers) {
             builder
                 .record_answer(0, &question.id, &answer.text)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
