@@ -132,18 +132,14 @@ fn parse_args() -> Result<Args> {
     })
 }
 
+/// The device `--device` names, through the model crate's own parser and check (the same
+/// spellings and one-line errors as `vidx --device`).
 fn device_of(name: &str) -> Result<Device> {
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = name
-        .strip_prefix("cuda:")
-        .and_then(|o| o.parse::<usize>().ok())
-        .with_context(|| format!("--device {name}: expected cpu or cuda:N"))?;
-    if !cfg!(feature = "cuda") {
-        bail!("--device {name}: this binary was built without the cuda feature");
-    }
-    Ok(Device::new_cuda(ordinal)?)
+    let kind: vidx_model::loading::DeviceKind = name
+        .parse()
+        .map_err(|error| anyhow::anyhow!("--device {error}"))?;
+    kind.device()
+        .map_err(|error| anyhow::anyhow!("--device {name}: {error}"))
 }
 
 /// Random weights with O(1) activations: unit norms, small biases, 1/sqrt(fan_in) matrices.
