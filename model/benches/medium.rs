@@ -16,15 +16,18 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use vidx_model::batch::{BatchDecoder, SequenceStart};
 use vidx_model::generation::{GenerationParams, argmax, generate};
 use vidx_model::model::LogitsMode;
 use vidx_model::processor::Processor;
 use vidx_model::rope_index::mrope_position_ids;
 use vidx_model::{Config, Model, PreprocessorConfig, RgbImage};
+
+#[path = "support/random_weights.rs"]
+mod random_weights;
+use random_weights::RandomWeights;
 
 const SPECIAL_BASE: u32 = 151_643;
 const FRAMES: usize = 16;
@@ -50,41 +53,6 @@ fn medium_config() -> Result<Config> {
             "temporal_patch_size": 2}
     });
     Ok(Config::from_json(&json.to_string())?)
-}
-
-/// Random weights with O(1) activations: unit norms, small biases, 1/sqrt(fan_in) matrices.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let dims = s.dims().to_vec();
-        let t = if dims.len() == 1 && (name.contains("norm") || name.contains("ln_q")) {
-            Tensor::ones(s, DType::F32, dev)?
-        } else if dims.len() == 1 {
-            (Tensor::randn(0f32, 1f32, s, dev)? * 0.02)?
-        } else if name.contains("embed_tokens") {
-            Tensor::randn(0f32, 1f32, s, dev)?
-        } else {
-            let fan_in: usize = dims[1..].iter().product();
-            (Tensor::randn(0f32, 1f32, s, dev)? / (fan_in as f64).sqrt())?
-        };
-        t.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random backend needs a shape for {name}")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
 }
 
 fn frames() -> Result<Vec<RgbImage>> {

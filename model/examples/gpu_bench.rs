@@ -12,15 +12,18 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use vidx_model::batch::{BatchDecoder, SequenceStart};
 use vidx_model::generation::GenerationParams;
 use vidx_model::model::LogitsMode;
 use vidx_model::prompt::{OPEN_O3_GROUNDED_SYSTEM_PROMPT, open_o3_prefix, open_o3_suffix};
 use vidx_model::rope_index::mrope_position_ids;
 use vidx_model::{Config, Model};
+
+#[path = "../benches/support/random_weights.rs"]
+mod random_weights;
+use random_weights::RandomWeights;
 
 const CONFIG_7B: &str = include_str!("../benches/data/qwen2_5_vl_7b_config.json");
 const CONFIG_SMALL: &str = include_str!("../benches/data/qwen2_5_vl_small_config.json");
@@ -140,41 +143,6 @@ fn device_of(name: &str) -> Result<Device> {
         .map_err(|error| anyhow::anyhow!("--device {error}"))?;
     kind.device()
         .map_err(|error| anyhow::anyhow!("--device {name}: {error}"))
-}
-
-/// Random weights with O(1) activations: unit norms, small biases, 1/sqrt(fan_in) matrices.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let dims = s.dims().to_vec();
-        let t = if dims.len() == 1 && (name.contains("norm") || name.contains("ln_q")) {
-            Tensor::ones(s, DType::F32, dev)?
-        } else if dims.len() == 1 {
-            (Tensor::randn(0f32, 1f32, s, dev)? * 0.02)?
-        } else if name.contains("embed_tokens") {
-            Tensor::randn(0f32, 1f32, s, dev)?
-        } else {
-            let fan_in: usize = dims[1..].iter().product();
-            (Tensor::randn(0f32, 1f32, s, dev)? / (fan_in as f64).sqrt())?
-        };
-        t.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random backend needs a shape for {name}")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
 }
 
 /// A stand-in tokenisation with the real special ids: every run of letters or digits (with
