@@ -73,6 +73,7 @@ fn chart_lints_and_renders_every_part() {
             "Service",
             "Service",
             "Service",
+            "Service",
             "ServiceAccount",
             "StatefulSet"
         ]
@@ -124,9 +125,29 @@ fn chart_lints_and_renders_every_part() {
         container["image"],
         "registry.example.com/media/vidx:0.1.0-cuda"
     );
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert!(container[probe]["exec"].is_mapping(), "worker {probe}");
-    }
+    // The worker's own HTTP port answers the probes: up for startup and liveness, model loaded
+    // and coordinator reachable for readiness.
+    let probe_path = |probe: &str| {
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
+        container[probe]["httpGet"]["path"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(probe_path("startupProbe"), "/healthz");
+    assert_eq!(probe_path("livenessProbe"), "/healthz");
+    assert_eq!(probe_path("readinessProbe"), "/readyz");
+    assert_eq!(container["ports"][0]["name"], "metrics");
+    assert_eq!(container["ports"][0]["containerPort"], 9091);
+    assert_eq!(env(container, "VIDX_METRICS_LISTEN"), Some("0.0.0.0:9091"));
+    assert_eq!(env(container, "VIDX_GRACE_SECS"), Some("60"));
+    let pod_annotations = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]
+        ["metadata"]["annotations"];
+    assert_eq!(pod_annotations["prometheus.io/port"], "9091");
+    let metrics = &named(&documents, "Service", "t-vidx-worker-metrics");
+    assert_eq!(metrics["spec"]["clusterIP"], "None");
+    assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(
+        metrics["metadata"]["labels"]["app.kubernetes.io/component"],
+        "worker"
+    );
     assert_eq!(
         env(container, "VIDX_MODEL_ID"),
         Some("marinero4972/Open-o3-Video")
@@ -135,8 +156,10 @@ fn chart_lints_and_renders_every_part() {
         env(container, "VIDX_COORDINATOR"),
         Some("http://t-vidx-coordinator:50051")
     );
-    // A worker may take a whole lease to hand back the job in hand.
-    assert_eq!(worker["terminationGracePeriodSeconds"], 300);
+    // A worker finishes what it can within its grace (60 s) and hands the rest back; the pod
+    // waits that plus a margin, not the 300 s lease.
+    assert_eq!(env(container, "VIDX_LEASE_SECS"), Some("300"));
+    assert_eq!(worker["terminationGracePeriodSeconds"], 75);
 
     let cronjob = named(&documents, "CronJob", "t-vidx-moderation-nightly");
     assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");

@@ -94,8 +94,8 @@ fn every_values_file_lints_renders_and_validates_strictly_against_kubernetes_1_3
 fn strict_validation_catches_a_misplaced_field() {
     // The check can fail: a field Kubernetes does not know is an error, not a warning.
     let manifests = template("minimal-values.yaml").replacen(
-        "terminationGracePeriodSeconds: 300",
-        "terminationGracePeriodSeconds: 300\n      gracePeriod: 300",
+        "terminationGracePeriodSeconds: 75",
+        "terminationGracePeriodSeconds: 75\n      gracePeriod: 300",
         1,
     );
     assert!(manifests.contains("gracePeriod: 300"));
@@ -129,6 +129,14 @@ fn bad_values_fail_with_the_value_named() {
         ),
         (format!("{base}worker:\n  gpus: 2\n"), "'gpus' not allowed"),
         (
+            format!("{base}worker:\n  graceSeconds: 0\n"),
+            "at '/worker/graceSeconds'",
+        ),
+        (
+            format!("{base}worker:\n  metricsPort: 70000\n"),
+            "at '/worker/metricsPort'",
+        ),
+        (
             format!("{base}coordinator:\n  allowedPrefixes: [\"http://media/\"]\n"),
             "at '/coordinator/allowedPrefixes/0'",
         ),
@@ -141,6 +149,28 @@ fn bad_values_fail_with_the_value_named() {
         assert!(error.contains(named_value), "{values}\n{error}");
         assert!(error.contains("schema"), "{error}");
     }
+}
+
+#[test]
+fn the_worker_grace_period_follows_its_grace_never_its_lease() {
+    let values = format!(
+        "{IMAGE}auth:\n  token: t\nworker:\n  leaseSeconds: 900\n  graceSeconds: 120\n  \
+         shutdownMarginSeconds: 20\n  metricsPort: 9400\n"
+    );
+    let documents = render(&values).unwrap();
+    let pod = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 140);
+    let container = &pod["containers"][0];
+    assert_eq!(env(container, "VIDX_GRACE_SECS"), Some("120"));
+    assert_eq!(env(container, "VIDX_LEASE_SECS"), Some("900"));
+    assert_eq!(env(container, "VIDX_METRICS_LISTEN"), Some("0.0.0.0:9400"));
+    assert_eq!(container["ports"][0]["containerPort"], 9400);
+    let service = named(&documents, "Service", "t-vidx-worker-metrics");
+    assert_eq!(service["spec"]["ports"][0]["port"], 9400);
+    assert!(
+        of_kind(&documents, "ServiceMonitor").is_empty(),
+        "ServiceMonitors are off by default"
+    );
 }
 
 /// A pod-level or container-level setting: the container's own, else the pod's.
@@ -292,6 +322,22 @@ fn keda_scales_workers_on_outstanding_jobs_the_same_on_every_replica() {
     {
         assert_eq!(&service["metadata"]["labels"][key], value, "{key:?}");
     }
+    // The workers' ServiceMonitor selects their headless metrics Service, and only it.
+    let monitor = named(&documents, "ServiceMonitor", "t-vidx-worker");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let selected: Vec<&str> = of_kind(&documents, "Service")
+        .into_iter()
+        .filter(|service| {
+            monitor["spec"]["selector"]["matchLabels"]
+                .as_mapping()
+                .unwrap()
+                .iter()
+                .all(|(key, value)| &service["metadata"]["labels"][key] == value)
+        })
+        .map(|service| service["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(selected, ["t-vidx-worker-metrics"]);
 }
 
 #[test]
