@@ -25,6 +25,7 @@ fn start_coordinator(redis_url: &str, env: &[(String, String)]) -> VidxCoordinat
             .to_vec(),
         metrics: true,
         env: env.to_vec(),
+        ..CoordinatorOptions::default()
     };
     VidxCoordinator::start(Path::new(env!("CARGO_BIN_EXE_vidx")), &options)
         .unwrap_or_else(|error| panic!("vidx coordinator starts: {error}"))

@@ -129,7 +129,10 @@ fn chart_lints_and_renders_every_part() {
     // and coordinator reachable for readiness.
     let probe_path = |probe: &str| {
         assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
-        container[probe]["httpGet"]["path"].as_str().unwrap().to_owned()
+        container[probe]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     assert_eq!(probe_path("startupProbe"), "/healthz");
     assert_eq!(probe_path("livenessProbe"), "/healthz");
@@ -138,8 +141,8 @@ fn chart_lints_and_renders_every_part() {
     assert_eq!(container["ports"][0]["containerPort"], 9091);
     assert_eq!(env(container, "VIDX_METRICS_LISTEN"), Some("0.0.0.0:9091"));
     assert_eq!(env(container, "VIDX_GRACE_SECS"), Some("60"));
-    let pod_annotations = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]
-        ["metadata"]["annotations"];
+    let pod_annotations = &named(&documents, "Deployment", "t-vidx-worker")["spec"]["template"]["metadata"]
+        ["annotations"];
     assert_eq!(pod_annotations["prometheus.io/port"], "9091");
     let metrics = &named(&documents, "Service", "t-vidx-worker-metrics");
     assert_eq!(metrics["spec"]["clusterIP"], "None");

@@ -23,11 +23,14 @@ use vidx_model::generation::{GenerationParams, argmax, generate};
 use vidx_model::model::LogitsMode;
 use vidx_model::processor::Processor;
 use vidx_model::rope_index::mrope_position_ids;
-use vidx_model::{Config, Model, PreprocessorConfig, RgbImage};
+use vidx_model::{Model, PreprocessorConfig, RgbImage};
 
 #[path = "support/random_weights.rs"]
 mod random_weights;
 use random_weights::RandomWeights;
+#[path = "support/medium_config.rs"]
+mod medium_config;
+use medium_config::medium_config;
 
 const SPECIAL_BASE: u32 = 151_643;
 const FRAMES: usize = 16;
@@ -37,23 +40,6 @@ const FPS: f64 = 2.0;
 const GEN_TOKENS: usize = 16;
 /// Batch sizes of the batched decode figures.
 const BATCHES: [usize; 3] = [1, 4, 8];
-
-fn medium_config() -> Result<Config> {
-    let id = |i: u32| SPECIAL_BASE + i;
-    let json = serde_json::json!({
-        "vocab_size": 151_936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-        "num_attention_heads": 14, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-        "max_position_embeddings": 32768, "tie_word_embeddings": true,
-        "bos_token_id": id(0), "eos_token_id": id(2), "vision_start_token_id": id(9),
-        "vision_end_token_id": id(10), "image_token_id": id(12), "video_token_id": id(13),
-        "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
-        "vision_config": {"depth": 8, "hidden_size": 320, "intermediate_size": 864, "num_heads": 4,
-            "in_chans": 3, "out_hidden_size": 896, "patch_size": 14, "spatial_merge_size": 2,
-            "window_size": 112, "fullatt_block_indexes": [3, 7], "tokens_per_second": 2,
-            "temporal_patch_size": 2}
-    });
-    Ok(Config::from_json(&json.to_string())?)
-}
 
 fn frames() -> Result<Vec<RgbImage>> {
     (0..FRAMES)

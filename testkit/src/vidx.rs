@@ -33,6 +33,9 @@ pub struct CoordinatorOptions {
     pub metrics: bool,
     /// Extra environment, applied last (so it overrides the test kit's defaults).
     pub env: Vec<(String, String)>,
+    /// The gRPC address to bind; `None` for loopback port 0. A restart that must keep its
+    /// address (workers reconnect to the one they were given) passes the one it had.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A running `vidx coordinator`; killed by its pid on drop.
@@ -53,7 +56,10 @@ impl VidxCoordinator {
     pub fn start(binary: &Path, options: &CoordinatorOptions) -> Result<Self> {
         let no_cloud = ClosedPort::reserve()?;
         let mut command = Command::new(binary);
-        command.args(["coordinator", "--listen", "127.0.0.1:0"]);
+        let listen = options
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |address| address.to_string());
+        command.args(["coordinator", "--listen", &listen]);
         if let Some(url) = &options.redis_url {
             command.args(["--redis", url]);
         }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod helm;
+pub mod scrape;
 
 use std::path::Path;
 use std::process::Command;
