@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, info, info_span, warn};
-use vidx_core::domain::{Completion, LeasedJob, Segment};
+use vidx_core::domain::{Completion, FailureKind, LeasedJob, Segment};
 use vidx_core::source::JobSource;
 
 /// Errors of the worker loop itself (not of a job).
@@ -64,6 +64,13 @@ pub struct JobFailure {
     pub reason: String,
     /// Whether another attempt could succeed.
     pub retryable: bool,
+}
+
+impl JobFailure {
+    /// The kind reported to the coordinator, which decides what becomes of the job.
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::from_retryable(self.retryable)
+    }
 }
 
 /// The work done for one job. Runs on a blocking thread; should check `cancel` between steps.
@@ -227,7 +234,7 @@ async fn run_one(
             warn!(reason = %failure.reason, retryable = failure.retryable, "job failed");
             tally.failed += 1;
             source
-                .fail(job_id, lease_id, &failure.reason, failure.retryable)
+                .fail(job_id, lease_id, &failure.reason, failure.kind())
                 .await
                 .map(|_| ())
         }
@@ -237,7 +244,7 @@ async fn run_one(
             warn!(%reason, "job failed");
             tally.failed += 1;
             source
-                .fail(job_id, lease_id, &reason, true)
+                .fail(job_id, lease_id, &reason, FailureKind::Panic)
                 .await
                 .map(|_| ())
         }
