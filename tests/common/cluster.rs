@@ -476,14 +476,18 @@ impl Worker {
             .unwrap_or_else(|error| panic!("worker {name}: {error}"))
     }
 
-    /// Waits (bounded) for a log line of this worker at `level` (`WARN`, `ERROR`) and returns
-    /// its message.
-    pub fn wait_level(&mut self, level: &str, within: Duration) -> String {
+    /// Waits (bounded) for this worker to log a warning whose message contains `text` (say
+    /// "retry": a coordinator call that failed and will be made again), and returns the message.
+    pub fn wait_warning(&mut self, text: &str, within: Duration) -> String {
         let name = self.name.clone();
         self.process
             .wait_for_line("log a warning", within, |line| {
                 let line = json_of(line)?;
-                (line.get("level")?.as_str()? == level).then(|| message_of(&line).to_owned())
+                if line.get("level")?.as_str()? != "WARN" {
+                    return None;
+                }
+                let message = message_of(&line);
+                message.contains(text).then(|| message.to_owned())
             })
             .unwrap_or_else(|error| panic!("worker {name}: {error}"))
     }
