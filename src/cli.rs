@@ -438,6 +438,35 @@ pub enum BenchCommand {
     /// One Redis holding a pass of `--jobs` videos: memory per job, planning rate, throughput
     /// and latencies at that depth, reaping, AOF rewrite and restart.
     Scale(ScaleBenchArgs),
+    /// The tantivy search index over a generated corpus: build time, size, p50/p99 query
+    /// latency, and a linear scan of the same rows as the reference.
+    Search(SearchBenchArgs),
+}
+
+/// `vidx bench search`.
+#[derive(Debug, Args)]
+pub struct SearchBenchArgs {
+    /// Claim rows generated and indexed.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub claims: usize,
+    /// Answer rows (default: a tenth of `--claims`).
+    #[arg(long)]
+    pub answers: Option<usize>,
+    /// Queries timed on the index (a mix of words, phrases, filters).
+    #[arg(long, default_value_t = 2_000)]
+    pub queries: usize,
+    /// Queries of the same mix timed on the linear scan.
+    #[arg(long, default_value_t = 50)]
+    pub reference_queries: usize,
+    /// Hits per query.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// An empty directory to write the index into (default: a temporary one, removed after).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Indexing threads (default: the cores, at most 4).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// `vidx bench scale`.

@@ -52,6 +52,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Scale(args)) => {
             vidx::bench::scale::scale(args.into_config()?).await
         }
+        Command::Bench(BenchCommand::Search(args)) => {
+            let config = args.into_config()?;
+            print(tokio::task::spawn_blocking(move || vidx::bench::search::run(&config)).await??)
+        }
     }
 }
 

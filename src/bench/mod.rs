@@ -21,6 +21,7 @@ use vidx_testkit::redis::RedisServer;
 use crate::cli::QueueBenchArgs;
 
 pub mod scale;
+pub mod search;
 
 /// A validated `bench queue` run.
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 //! [`mapping`] takes boxes and times back to the source video; [`document`] assembles the per-video
 //! JSON document; [`store`] writes it (and sampled-frame thumbnails) atomically under a key that is a
 //! pure function of video, model and task. At the end of a pass [`table`] and [`store`] write the
-//! corpus-level claims and answers tables (JSON Lines and Parquet) and the pass manifest. [`search`]
+//! corpus-level claims and answers tables (JSON Lines and Parquet), the pass manifest, and a new
+//! generation of the tantivy search index ([`search_index`], stored by [`search_store`]). [`search`]
 //! and [`report`] read the index back. The layout is documented in `SCHEMA.md` beside this file.
 //!
 //! A worker indexing one video:
@@ -39,6 +40,8 @@ pub mod parquet_file;
 pub use vidx_evidence_parser as parse;
 pub mod report;
 pub mod search;
+pub mod search_index;
+pub mod search_store;
 pub mod store;
 pub mod table;
 pub mod task;
@@ -51,7 +54,8 @@ pub use mapping::{FrameGeometry, MappedClaim, Rotation, SegmentClock};
 pub use parse::{
     BoundingBox, Claim, DropReason, DroppedFragment, ParseContext, ParsedOutput, parse_output,
 };
-pub use search::{SearchHit, SearchIndex};
+pub use search::{SearchHit, SearchQuery};
+pub use search_index::{IndexWriterOptions, SearchIndex};
 pub use store::{EvidenceIndex, PassManifest, VideoOutcome};
 pub use table::{AnswerRow, ClaimRow};
 pub use task::{
@@ -101,6 +105,15 @@ pub enum Error {
     /// Local file I/O failed (the report file).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The search engine (tantivy) failed.
+    #[error("search index: {0}")]
+    Search(#[from] tantivy::TantivyError),
+    /// No search index has been built yet (no pass was finalized).
+    #[error("no search index at {0}: finalize a pass first (`vidx index` or `vidx finalize`)")]
+    NoSearchIndex(String),
+    /// A search query that cannot run: bad syntax, limit or time range.
+    #[error("invalid search: {0}")]
+    InvalidQuery(String),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -1,18 +1,13 @@
-//! `vidx search`: find claims and answers matching a text query.
+//! `vidx search`: what a search asks ([`SearchQuery`]) and what it returns ([`SearchHit`]).
 //!
-//! The index is built in memory from the corpus tables: claims are matched on their object name,
-//! answers on their answer and reasoning text. Words are lowercased, split on anything that is not a
-//! letter or digit, and a plural `s` is dropped (`dogs` finds `dog`). Every query word must match
-//! (AND). Posting lists are sorted by row, so a query costs the length of its rarest word's list
-//! times a binary search in the others; building is one pass over the rows.
-
-use std::collections::HashMap;
+//! The engine is the tantivy index in [`super::search_index`]: claims are matched on their object
+//! name, answers on their answer and reasoning text, ranked by BM25. Filters narrow the hits to a
+//! video (its id or URL), a question, a time range (claims whose time, answers whose segment,
+//! overlaps it) and flagged answers.
 
 use serde::{Deserialize, Serialize};
 
-use super::Result;
-use super::store::EvidenceIndex;
-use super::table::{AnswerRow, ClaimRow};
+use super::{Error, Result};
 
 /// Where a hit came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,13 +19,23 @@ pub enum HitKind {
     Answer,
 }
 
+impl HitKind {
+    /// `claim` or `answer`, as stored in the index.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Answer => "answer",
+        }
+    }
+}
+
 /// One search result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchHit {
     /// Claim or answer.
     pub kind: HitKind,
-    /// Higher is better: object matches weigh 3, answers 2, reasoning 1, per query word.
-    pub score: u32,
+    /// BM25 relevance: higher is better (0 when the query is filters only).
+    pub score: f32,
     /// The video's URL.
     pub video_url: String,
     /// The video's id.
@@ -56,195 +61,68 @@ pub struct SearchHit {
     pub flagged: Option<bool>,
 }
 
-const OBJECT_WEIGHT: u8 = 3;
-const ANSWER_WEIGHT: u8 = 2;
-const THINK_WEIGHT: u8 = 1;
-
-/// An in-memory inverted index over the claims and answers tables.
-#[derive(Debug, Default)]
-pub struct SearchIndex {
-    claims: Vec<ClaimRow>,
-    answers: Vec<AnswerRow>,
-    /// Word to sorted (row, weight) pairs; rows `0..claims.len()` are claims, the rest answers.
-    postings: HashMap<String, Vec<(u32, u8)>>,
+/// What to search for: words (tantivy query syntax) and filters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchQuery {
+    /// Words to find in object names, answers and reasoning; every word must match. Quotes make a
+    /// phrase, a leading `-` excludes a word. Blank: every row that passes the filters.
+    pub text: String,
+    /// Only this video: its id or its URL.
+    pub video: Option<String>,
+    /// Only this question id.
+    pub question: Option<String>,
+    /// Only claims at or after this time, answers whose segment ends at or after it (seconds).
+    pub from_s: Option<f64>,
+    /// Only claims at or before this time, answers whose segment starts at or before it.
+    pub to_s: Option<f64>,
+    /// Only rows whose answer flagged (true) or did not flag (false) its segment.
+    pub flagged: Option<bool>,
+    /// Most hits returned.
+    pub limit: usize,
 }
 
-/// Splits text into normalised words.
-pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-        .map(normalize_word)
-}
+/// Most hits one query may ask for.
+pub const MAX_LIMIT: usize = 100_000;
 
-fn normalize_word(word: &str) -> String {
-    let mut word = word.to_lowercase();
-    if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
-        word.pop();
-    }
-    word
-}
-
-impl SearchIndex {
-    /// Builds the index.
-    pub fn build(claims: Vec<ClaimRow>, answers: Vec<AnswerRow>) -> Self {
-        let mut postings: HashMap<String, Vec<(u32, u8)>> = HashMap::new();
-        let mut add = |row: u32, text: &str, weight: u8| {
-            for word in words(text) {
-                let list = postings.entry(word).or_default();
-                match list.last_mut() {
-                    Some(last) if last.0 == row => last.1 = last.1.max(weight),
-                    _ => list.push((row, weight)),
-                }
-            }
-        };
-        for (row, claim) in claims.iter().enumerate() {
-            add(row as u32, &claim.object, OBJECT_WEIGHT);
-        }
-        let offset = claims.len();
-        for (row, answer) in answers.iter().enumerate() {
-            let row = (offset + row) as u32;
-            if let Some(text) = &answer.answer {
-                add(row, text, ANSWER_WEIGHT);
-            }
-            if let Some(text) = &answer.think {
-                add(row, text, THINK_WEIGHT);
-            }
-        }
+impl SearchQuery {
+    /// A query for `text` with no filters and a limit of 50.
+    pub fn new(text: impl Into<String>) -> Self {
         Self {
-            claims,
-            answers,
-            postings,
+            text: text.into(),
+            video: None,
+            question: None,
+            from_s: None,
+            to_s: None,
+            flagged: None,
+            limit: 50,
         }
     }
 
-    /// Loads the tables of an index and builds the search index off the async runtime.
-    pub async fn load(index: &EvidenceIndex) -> Result<Self> {
-        let claims = index.read_claims().await?;
-        let answers = index.read_answers().await?;
-        Ok(tokio::task::spawn_blocking(move || Self::build(claims, answers)).await?)
-    }
-
-    /// Rows indexed: claims and answers.
-    pub fn len(&self) -> (usize, usize) {
-        (self.claims.len(), self.answers.len())
-    }
-
-    /// Whether nothing is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty() && self.answers.is_empty()
-    }
-
-    /// The best `limit` hits for a query, best first; ties in video URL, segment, time order.
-    pub fn search(&self, query: &str, limit: usize) -> Vec<SearchHit> {
-        let mut query_words: Vec<String> = words(query).collect();
-        query_words.sort();
-        query_words.dedup();
-        if query_words.is_empty() {
-            return Vec::new();
+    /// Checks the limit and the time range.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidQuery(reason));
+        if self.limit == 0 || self.limit > MAX_LIMIT {
+            return invalid(format!("limit {} is not in 1..={MAX_LIMIT}", self.limit));
         }
-        let mut lists = Vec::with_capacity(query_words.len());
-        for word in &query_words {
-            match self.postings.get(word) {
-                Some(list) => lists.push(list.as_slice()),
-                None => return Vec::new(),
+        for (name, value) in [("from", self.from_s), ("to", self.to_s)] {
+            if let Some(value) = value
+                && (!value.is_finite() || value < 0.0)
+            {
+                return invalid(format!(
+                    "time range {name} {value} is not a finite number of seconds >= 0"
+                ));
             }
         }
-        lists.sort_by_key(|list| list.len());
-        let (rarest, others) = lists.split_first().expect("at least one query word");
-        let mut matches: Vec<(u32, u32)> = Vec::new();
-        'rows: for &(row, weight) in *rarest {
-            let mut score = u32::from(weight);
-            for list in others {
-                match list.binary_search_by_key(&row, |posting| posting.0) {
-                    Ok(position) => score += u32::from(list[position].1),
-                    Err(_) => continue 'rows,
-                }
-            }
-            matches.push((row, score));
+        if let (Some(from), Some(to)) = (self.from_s, self.to_s)
+            && from > to
+        {
+            return invalid(format!("time range starts at {from}s, after its end {to}s"));
         }
-        // Order the (row, score) pairs before building hits, so only `limit` rows are cloned.
-        matches.sort_by(|a, b| {
-            b.1.cmp(&a.1)
-                .then_with(|| self.compare_rows(a.0 as usize, b.0 as usize))
-        });
-        matches.truncate(limit);
-        matches
-            .into_iter()
-            .map(|(row, score)| self.hit(row as usize, score))
-            .collect()
-    }
-
-    /// Video URL, segment and time of a row (answers sort at their segment start).
-    fn order_key(&self, row: usize) -> (&str, i64, f64) {
-        match self.claims.get(row) {
-            Some(claim) => (
-                &claim.video_url,
-                claim.segment_index,
-                claim.time_s.unwrap_or(f64::MAX),
-            ),
-            None => {
-                let answer = &self.answers[row - self.claims.len()];
-                (
-                    &answer.video_url,
-                    answer.segment_index,
-                    answer.segment_start_s,
-                )
-            }
-        }
-    }
-
-    fn compare_rows(&self, a: usize, b: usize) -> std::cmp::Ordering {
-        let (url_a, segment_a, time_a) = self.order_key(a);
-        let (url_b, segment_b, time_b) = self.order_key(b);
-        url_a
-            .cmp(url_b)
-            .then(segment_a.cmp(&segment_b))
-            .then(time_a.total_cmp(&time_b))
-            .then(a.cmp(&b))
-    }
-
-    fn hit(&self, row: usize, score: u32) -> SearchHit {
-        if let Some(claim) = self.claims.get(row) {
-            let bounding_box = match (claim.box_x1, claim.box_y1, claim.box_x2, claim.box_y2) {
-                (Some(x1), Some(y1), Some(x2), Some(y2)) => Some([x1, y1, x2, y2]),
-                _ => None,
-            };
-            return SearchHit {
-                kind: HitKind::Claim,
-                score,
-                video_url: claim.video_url.clone(),
-                video_id: claim.video_id.clone(),
-                segment_index: claim.segment_index,
-                question_id: claim.question_id.clone(),
-                object: Some(claim.object.clone()),
-                time_s: claim.time_s,
-                end_s: None,
-                bounding_box,
-                answer: claim.answer.clone(),
-                frame_key: claim.frame_key.clone(),
-                flagged: claim.flagged,
-            };
-        }
-        let answer = &self.answers[row - self.claims.len()];
-        SearchHit {
-            kind: HitKind::Answer,
-            score,
-            video_url: answer.video_url.clone(),
-            video_id: answer.video_id.clone(),
-            segment_index: answer.segment_index,
-            question_id: answer.question_id.clone(),
-            object: None,
-            time_s: Some(answer.segment_start_s),
-            end_s: Some(answer.segment_end_s),
-            bounding_box: None,
-            answer: answer.answer.clone(),
-            frame_key: None,
-            flagged: answer.flagged,
-        }
+        Ok(())
     }
 }
 
-/// Formats hits as lines for a terminal: kind, video, time, object and box, answer.
+/// Formats hits as lines for a terminal: video, segment, time, object and box, answer.
 pub fn format_hits(hits: &[SearchHit]) -> String {
     let mut text = String::new();
     for hit in hits {

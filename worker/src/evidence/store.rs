@@ -10,6 +10,7 @@
 //! table/answers.jsonl table/answers.parquet            one row per answer, whole corpus
 //! manifest.json                                        the latest pass's manifest
 //! passes/{pass_id}/manifest.json                       every pass's manifest
+//! search/index.json  search/files/...                  the tantivy search index (`search_store`)
 //! ```
 //!
 //! `video_id` hashes URL, size and ETag (or checksum); `run_id` hashes model id, revision and task
@@ -31,6 +32,7 @@ use tracing::{debug, info};
 
 use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity};
 use super::parquet_file::{answers_to_parquet, claims_to_parquet};
+use super::search_index::{IndexWriterOptions, SearchIndex};
 use super::table::{AnswerRow, ClaimRow, from_jsonl, rows_for_document, to_jsonl};
 use super::task::{QuestionPlan, hex};
 use super::{Error, Result};
@@ -416,10 +418,20 @@ impl EvidenceIndex {
     }
 
     /// Ends a pass: builds the corpus tables from every document the manifest covers, writes them,
+    /// adds those rows to the search index (replacing earlier rows of the same videos × tasks),
     /// then writes the manifest (as `manifest.json` and under `passes/{pass_id}/`).
     pub async fn finish_pass(&self, mut manifest: PassManifest) -> Result<PassManifest> {
         let keys = manifest.document_keys();
         let (claims, answers) = self.collect_rows(&keys).await?;
+        // The search index replaces the rows of this pass's videos × tasks and keeps the rest.
+        SearchIndex::update(
+            self,
+            &manifest.pass_id,
+            &claims,
+            &answers,
+            &IndexWriterOptions::default(),
+        )
+        .await?;
         let counts = self.write_tables(claims, answers).await?;
         manifest.claim_rows = counts.claims;
         manifest.answer_rows = counts.answers;
