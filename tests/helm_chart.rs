@@ -1,4 +1,4 @@
-//! The Helm chart, rendered by a real `helm` (installed by `scripts/setup.sh`): it lints, renders
+//! The Helm chart, rendered by a real `helm` (installed by `scripts/install-test-servers.sh`): it lints, renders
 //! every part with the values platform teams set, refuses missing values with a clear message,
 //! runs the autoscaler with least privilege, and the moderation CronJob's own script, run as the pod would run it against real
 //! `vidx coordinator` and `vidx worker` processes on a real Redis, submits a pass, waits for it

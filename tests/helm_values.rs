@@ -49,7 +49,7 @@ fn validate_strict(manifests: &str) -> std::process::Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubernetes-validate runs (scripts/setup.sh installs it)");
+        .expect("kubernetes-validate runs (scripts/install-test-servers.sh installs it)");
     use std::io::Write;
     child
         .stdin

@@ -25,7 +25,7 @@ fn hadolint(path: &Path) -> std::process::Output {
     Command::new(common::tool("hadolint"))
         .arg(path)
         .output()
-        .expect("hadolint runs (scripts/setup.sh installs it)")
+        .expect("hadolint runs (scripts/install-test-servers.sh installs it)")
 }
 
 #[test]

@@ -24,7 +24,8 @@ async fn redis_coordinator(server: &RedisServer) -> Coordinator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_jobs_complete_exactly_once_with_sixteen_clients() {
-    let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+    let redis =
+        RedisServer::start().expect("redis-server starts (run scripts/install-test-servers.sh)");
     let token = Token::new("test-token").unwrap();
     let (url, stop, server) =
         start_coordinator(redis_coordinator(&redis).await, Some(token.clone()))

@@ -55,7 +55,8 @@ mod over_grpc {
     }
 
     async fn make() -> (SourceFixture, Served) {
-        let redis = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+        let redis = RedisServer::start()
+            .expect("redis-server starts (run scripts/install-test-servers.sh)");
         let store = RedisStore::connect(&redis.url(), "vidx-source", RETRY)
             .await
             .expect("connects");

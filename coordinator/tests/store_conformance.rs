@@ -20,7 +20,8 @@ mod redis {
     use vidx_testkit::redis::RedisServer;
 
     async fn make() -> (Arc<dyn JobStore>, RedisServer) {
-        let server = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+        let server = RedisServer::start()
+            .expect("redis-server starts (run scripts/install-test-servers.sh)");
         let store = RedisStore::connect(&server.url(), "vidx-test", RETRY)
             .await
             .expect("connects");
@@ -67,7 +68,8 @@ mod redis_layout {
     /// planning ends; expiring the pass removes every key that names it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_stay_compact_and_expiry_frees_every_key() {
-        let server = RedisServer::start().expect("redis-server starts (run scripts/setup.sh)");
+        let server = RedisServer::start()
+            .expect("redis-server starts (run scripts/install-test-servers.sh)");
         let store = RedisStore::connect(&server.url(), "vidx-test", RETRY)
             .await
             .unwrap();

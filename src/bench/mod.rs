@@ -370,7 +370,7 @@ fn benchmark_rate(host: &str, port: &str, clients: u32, args: &[&str]) -> Result
         ])
         .args(args)
         .output()
-        .context("cannot run redis-benchmark (run scripts/setup.sh)")?;
+        .context("cannot run redis-benchmark (run scripts/install-test-servers.sh)")?;
     if !output.status.success() {
         bail!(
             "redis-benchmark failed: {}",

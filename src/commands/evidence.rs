@@ -104,7 +104,7 @@ pub struct ReportArgs {
 /// Writes the report; returns a line saying where.
 pub async fn report(args: &ReportArgs) -> anyhow::Result<String> {
     let index = EvidenceIndex::from_url(&args.index_url)?;
-    let videos = write_report(&index, &args.out).await.with_context(|| {
+    let counts = write_report(&index, &args.out).await.with_context(|| {
         format!(
             "writing the report of {} to {}",
             args.index_url,
@@ -112,7 +112,9 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<String> {
         )
     })?;
     Ok(format!(
-        "report of {videos} videos written to {}\n",
+        "report of {} videos and {} failed written to {}\n",
+        counts.videos,
+        counts.failed,
         args.out.display()
     ))
 }

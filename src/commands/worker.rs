@@ -21,6 +21,7 @@ use vidx_worker::runtime::{self, WorkerConfig};
 use vidx_worker::video_job::{VideoJobRunner, question_plan};
 
 use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
+use crate::commands::index_progress::IndexProgress;
 
 impl ModelArgs {
     /// The device and dtype to load onto, checked before anything is loaded: a GPU that this
@@ -164,6 +165,7 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     ));
     let runner = Arc::new(args.model.pipeline(&options).await?);
     let mut progress = coordinator.progress();
+    let started = std::time::Instant::now();
     let pass_id = coordinator.submit(spec).await?.pass_id;
     info!(%pass_id, "pass submitted");
     let config = WorkerConfig {
@@ -179,8 +181,10 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     ));
     // The pass can only end when the coordinator notes progress (a job reported, planning
     // finished, a cancel), so this waits on that signal rather than polling.
+    let mut display = IndexProgress::new()?;
     let status = loop {
         let status = coordinator.status(&pass_id).await?;
+        display.update(&status);
         if is_over(status.state) {
             break Some(status);
         }
@@ -189,6 +193,7 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
             () = shutdown.cancelled() => break None,
         }
     };
+    display.finish();
     stop.cancel();
     let tally = worker.await.context("the worker loop panicked")??;
     let _ = planner.await;
@@ -206,12 +211,14 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     let jobs = all_jobs_local(&coordinator, &pass_id).await?;
     let manifest = finalize_pass(&status, &jobs, args.model.info(&options)).await?;
     println!(
-        "pass {pass_id}: {} videos, {} jobs done, {} dead; {} indexed, {} failed; index at {}",
+        "pass {pass_id}: {} videos, {} jobs done, {} dead; {} indexed, {} failed, {} skipped in {:.1}s; index at {}",
         status.videos,
         status.counts.done,
         status.counts.dead,
         manifest.indexed,
         manifest.failed,
+        manifest.already_indexed,
+        started.elapsed().as_secs_f64(),
         status.spec.destination
     );
     Ok(())

@@ -1,4 +1,4 @@
-//! The Azure Blob Storage emulator (Azurite, installed by `scripts/setup.sh` under `.tools/bin`)
+//! The Azure Blob Storage emulator (Azurite, installed by `scripts/install-test-servers.sh` under `.tools/bin`)
 //! on loopback port 0; readiness is the address it logs once bound ("Azurite Blob service
 //! successfully listens on http://127.0.0.1:PORT").
 

@@ -69,6 +69,16 @@ pub enum Error {
         /// The last attempt's output.
         log: String,
     },
+    /// A DevTools protocol call failed, timed out, or the browser closed its pipe.
+    #[error("chromium devtools {method}: {reason}; its output:\n{log}")]
+    DevTools {
+        /// The protocol method, e.g. `Page.captureScreenshot`.
+        method: String,
+        /// What went wrong.
+        reason: String,
+        /// The last lines the browser wrote.
+        log: String,
+    },
     /// Local I/O (temporary folders, sockets, pipes) failed.
     #[error("test kit i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -1,4 +1,4 @@
-//! The Google Cloud Storage emulator (fake-gcs-server, installed by `scripts/setup.sh` under
+//! The Google Cloud Storage emulator (fake-gcs-server, installed by `scripts/install-test-servers.sh` under
 //! `.tools/bin`), serving each folder of a data folder as a bucket.
 //!
 //! It cannot report a port it chose (with `-port 0` it logs `:0`), and it must be told its

@@ -288,13 +288,13 @@ fn on_path(name: &OsStr) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// `.tools/bin` of the workspace, where `scripts/setup.sh` installs helm, the Azure and GCS
+/// `.tools/bin` of the workspace, where `scripts/install-test-servers.sh` installs helm, the Azure and GCS
 /// emulators and the linters.
 pub fn workspace_tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin")
 }
 
-/// A tool `scripts/setup.sh` installs under `.tools/bin`.
+/// A tool `scripts/install-test-servers.sh` installs under `.tools/bin`.
 pub fn tool(name: &str) -> Result<PathBuf> {
     let path = workspace_tools().join(name);
     if path.is_file() {
@@ -303,7 +303,7 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     Err(Error::NotInstalled {
         program: name.to_owned(),
         looked: path.display().to_string(),
-        hint: "run scripts/setup.sh",
+        hint: "run scripts/install-test-servers.sh",
     })
 }
 

@@ -42,7 +42,7 @@ pub struct RedisOptions {
 
 impl RedisServer {
     /// Starts a server with persistence off; the binary is `$VIDX_REDIS_SERVER` or
-    /// `redis-server` from `PATH` (installed by `scripts/setup.sh`).
+    /// `redis-server` from `PATH` (installed by `scripts/install-test-servers.sh`).
     pub fn start() -> Result<Self> {
         Self::start_with(&RedisOptions::default())
     }
@@ -59,7 +59,7 @@ impl RedisServer {
             &["redis-server"],
             "VIDX_REDIS_SERVER",
             &[],
-            "run scripts/setup.sh",
+            "run scripts/install-test-servers.sh",
         )?;
         let (dir, owned_dir) = match &options.dir {
             Some(dir) => (dir.clone(), None),

@@ -27,7 +27,8 @@ fn fake_gcs_serves_its_data_folder_as_buckets() {
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(data.path().join("videos/corpus")).unwrap();
     std::fs::write(data.path().join("videos/corpus/a.mp4"), b"twelve bytes").unwrap();
-    let gcs = FakeGcs::start(data.path()).expect("fake-gcs-server starts (run scripts/setup.sh)");
+    let gcs = FakeGcs::start(data.path())
+        .expect("fake-gcs-server starts (run scripts/install-test-servers.sh)");
     let base = gcs.base_url();
     let listing = get(&base, "/storage/v1/b/videos/o");
     assert!(listing.starts_with("HTTP/1.0 200"), "{listing}");
@@ -39,7 +40,7 @@ fn fake_gcs_serves_its_data_folder_as_buckets() {
 
 #[test]
 fn azurite_reports_the_port_it_bound() {
-    let azurite = Azurite::start().expect("azurite starts (run scripts/setup.sh)");
+    let azurite = Azurite::start().expect("azurite starts (run scripts/install-test-servers.sh)");
     let base = azurite.endpoint().to_owned();
     assert!(!base.ends_with(":0"), "{base}");
     // An unauthenticated listing is refused by the emulator itself, not the network.
@@ -52,7 +53,7 @@ fn azurite_reports_the_port_it_bound() {
 
 #[test]
 fn s3s_fs_answers_on_its_reported_endpoint() {
-    let s3 = S3Server::start().expect("s3s-fs starts (run scripts/setup.sh)");
+    let s3 = S3Server::start().expect("s3s-fs starts (run scripts/install-test-servers.sh)");
     let base = s3.endpoint().to_owned();
     let response = get(&base, "/");
     assert!(response.starts_with("HTTP/1."), "{response}");

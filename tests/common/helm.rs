@@ -11,7 +11,7 @@ pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vidx");
 /// The values every render needs: where the images are.
 pub const IMAGE: &str = "image:\n  repository: registry.example.com/media/vidx\n";
 
-/// `$VIDX_HELM`, else the `helm` that `scripts/setup.sh` puts in `.tools/bin`.
+/// `$VIDX_HELM`, else the `helm` that `scripts/install-test-servers.sh` puts in `.tools/bin`.
 pub fn helm() -> PathBuf {
     std::env::var_os("VIDX_HELM").map_or_else(|| super::tool("helm"), PathBuf::from)
 }
@@ -32,7 +32,7 @@ pub fn run_helm_with_file(args: &[&str], values_file: &Path) -> Output {
         .arg("--values")
         .arg(values_file)
         .output()
-        .expect("helm runs (scripts/setup.sh installs it)")
+        .expect("helm runs (scripts/install-test-servers.sh installs it)")
 }
 
 /// Parses `helm template` output into its documents.

@@ -16,7 +16,7 @@ pub use vidx_testkit::vidx::VidxCoordinator;
 /// The `vidx` binary under test.
 pub const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 
-/// A tool `scripts/setup.sh` installs under `.tools/bin` (helm, the Azure and GCS emulators);
+/// A tool `scripts/install-test-servers.sh` installs under `.tools/bin` (helm, the Azure and GCS emulators);
 /// fails with what to run when it is missing.
 pub fn tool(name: &str) -> std::path::PathBuf {
     vidx_testkit::tool(name).unwrap_or_else(|error| panic!("{error}"))

@@ -1,6 +1,6 @@
 //! The corpus tables open in pyarrow and DuckDB with the columns `SCHEMA.md` documents.
 //!
-//! Needs a Python with pyarrow and duckdb: `scripts/setup.sh` makes `venv/` at the repository root;
+//! Needs a Python with pyarrow and duckdb: `scripts/install-test-servers.sh` makes `venv/` at the repository root;
 //! `VIDX_PYTHON` overrides the interpreter. The test fails, saying so, when neither is there.
 
 mod evidence_support;
@@ -18,7 +18,7 @@ fn python() -> String {
     let venv = workspace_root().join("venv/bin/python");
     assert!(
         venv.exists(),
-        "{} is missing: run scripts/setup.sh (creates venv/ with pyarrow and duckdb) or set VIDX_PYTHON",
+        "{} is missing: run scripts/install-test-servers.sh (creates venv/ with pyarrow and duckdb) or set VIDX_PYTHON",
         venv.display()
     );
     venv.to_string_lossy().into_owned()
@@ -105,7 +105,7 @@ async fn parquet_opens_in_pyarrow_and_duckdb_with_documented_columns() -> anyhow
         .output()?;
     assert!(
         output.status.success(),
-        "{python} failed (are pyarrow and duckdb installed? run scripts/setup.sh): {}",
+        "{python} failed (are pyarrow and duckdb installed? run scripts/install-test-servers.sh): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
