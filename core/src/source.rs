@@ -30,6 +30,16 @@ pub trait JobSource: Send + Sync + 'static {
         reason: &str,
         retryable: bool,
     ) -> Result<FailOutcome>;
+    /// Counts a segment job's part of its video's document as written; true when this job
+    /// assembles the video document (one segment per video, again on that job's retries).
+    async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool>;
 }
 
 #[async_trait]
@@ -51,5 +61,23 @@ impl JobSource for CoordinatorClient {
         retryable: bool,
     ) -> Result<FailOutcome> {
         CoordinatorClient::fail(self, job_id, lease_id, reason, retryable).await
+    }
+    async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        CoordinatorClient::count_segment(
+            self,
+            job_id,
+            lease_id,
+            video_key,
+            segment_index,
+            segment_count,
+        )
+        .await
     }
 }
