@@ -185,8 +185,8 @@ async fn run_pass(model: &Arc<OpenO3Video>, corpus: &Path, index: &Path) -> (Pas
             Ok(VideoSource::new(store, source.path, source.uri))
         }));
     let spec = PassSpec {
-        source: format!("{}/", corpus.display()),
-        destination: format!("{}/", index.display()),
+        source: format!("file://{}/", corpus.display()),
+        destination: format!("file://{}/", index.display()),
         task: TaskSpec::Index { prompt: None },
         sampling: Sampling {
             fps: 1.0,

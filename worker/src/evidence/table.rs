@@ -301,3 +301,57 @@ pub fn newest_per_video_task<R: DocumentRow>(rows: Vec<R>) -> Vec<R> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(video: &str, task: &str, key: &str, at: Option<i64>) -> AnswerRow {
+        AnswerRow {
+            video_id: video.into(),
+            video_url: format!("s3://v/{video}.mp4"),
+            document_key: key.into(),
+            model_id: "m".into(),
+            model_revision: "r".into(),
+            task_hash: task.into(),
+            segment_index: 0,
+            segment_start_s: 0.0,
+            segment_end_s: 1.0,
+            question_id: "q".into(),
+            question_kind: "free_form".into(),
+            question: "?".into(),
+            answer: None,
+            think: None,
+            claim_count: 0,
+            dropped_count: 0,
+            category: None,
+            flagged: None,
+            severity: None,
+            pass_id: None,
+            written_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_newest_document_per_video_and_task_wins() {
+        let rows = vec![
+            row("a", "t1", "old", Some(1)),
+            row("a", "t1", "old", Some(1)),
+            row("a", "t2", "other-task", Some(1)),
+            row("a", "t1", "new", Some(2)),
+            row("b", "t1", "legacy", None),
+        ];
+        let kept: Vec<(String, String)> = newest_per_video_task(rows)
+            .into_iter()
+            .map(|row| (row.video_id, row.document_key))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a".to_owned(), "other-task".to_owned()),
+                ("a".to_owned(), "new".to_owned()),
+                ("b".to_owned(), "legacy".to_owned()),
+            ]
+        );
+    }
+}
