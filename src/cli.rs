@@ -37,7 +37,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Submit a pass over a corpus; prints the pass id.
     Submit(SubmitArgs),
-    /// Write the manifest and corpus tables (JSON Lines, Parquet) of a finished pass.
+    /// Write a finished pass's manifest and table parts again (coordinators do it on their own).
     Finalize(FinalizeArgs),
     /// Show a pass's progress.
     Status(StatusArgs),
@@ -351,19 +351,20 @@ pub struct IndexArgs {
     pub allow_prefix: Vec<String>,
 }
 
-/// `vidx finalize`: write the manifest and corpus tables of a finished pass.
+/// `vidx finalize`: write the manifest and table parts of a finished pass again.
 #[derive(Debug, Args)]
 pub struct FinalizeArgs {
     /// The pass id.
     pub pass_id: String,
-    /// Model id recorded in the manifest.
+    /// Model id recorded in the manifest when no document names one (every video failed); the
+    /// documents' model wins.
     #[arg(
         long,
         env = "VIDX_MODEL_ID",
         default_value = "marinero4972/Open-o3-Video"
     )]
     pub model_id: String,
-    /// Weights revision recorded in the manifest.
+    /// Weights revision recorded in the manifest when no document names one.
     #[arg(long, env = "VIDX_MODEL_REVISION", default_value = "local")]
     pub model_revision: String,
     /// Coordinator connection.

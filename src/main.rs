@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use vidx::cli::{BenchCommand, Cli, Command};
-use vidx::commands::{ask, coordinator, evidence, fetch_model, media, passes, worker};
+use vidx::commands::{ask, coordinator, evidence, fetch_model, finalize, media, passes, worker};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -35,7 +35,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Index(args) => worker::index(args, shutdown_token()).await,
         Command::Worker(args) => worker::worker(args, shutdown_token()).await,
         Command::Submit(args) => passes::submit(args).await,
-        Command::Finalize(args) => worker::finalize(args).await,
+        Command::Finalize(args) => finalize::finalize(args).await,
         Command::Status(args) => passes::status(args).await,
         Command::Cancel(args) => passes::cancel(args).await,
         Command::Passes(args) => passes::passes(args).await,

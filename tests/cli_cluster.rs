@@ -109,7 +109,10 @@ fn client_commands_against_a_real_coordinator() {
     let cancelled = stdout_of(&vidx(&url, TOKEN, &["cancel", &pass_id]));
     assert!(cancelled.contains("cancelled"), "{cancelled}");
     let finalized = stdout_of(&vidx(&url, TOKEN, &["finalize", &pass_id]));
-    assert!(finalized.contains("0 indexed, 2 failed"), "{finalized}");
+    assert!(
+        finalized.contains("2 videos: 0 indexed, 0 skipped, 2 failed"),
+        "{finalized}"
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
             .unwrap();

@@ -75,7 +75,10 @@ fn index_search_report(env: &[(String, String)], source: &str, destination: &str
         env,
         &index_args(source, destination, model.to_str().unwrap()),
     ));
-    assert!(indexed.contains("1 indexed, 1 failed"), "{indexed}");
+    assert!(
+        indexed.contains("1 indexed, 0 skipped, 1 failed"),
+        "{indexed}"
+    );
     let found = stdout_of(&vidx(env, &["search", destination, "frame", "--json"]));
     for line in found.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
@@ -216,7 +219,10 @@ fn a_pass_reads_and_plans_from_gcs() {
             model.to_str().unwrap(),
         ),
     ));
-    assert!(indexed.contains("1 indexed, 1 failed"), "{indexed}");
+    assert!(
+        indexed.contains("1 indexed, 0 skipped, 1 failed"),
+        "{indexed}"
+    );
     let missing = vidx(&env, &["probe", "gs://videos/corpus/absent.mp4"]);
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);

@@ -67,13 +67,16 @@ fn index_a_directory_then_search_and_report() {
     std::fs::write(corpus.path().join("broken.mp4"), b"").unwrap();
     std::fs::write(corpus.path().join("notes.txt"), b"not a video").unwrap();
 
-    let output = vidx(&[
+    let corpus_dir = corpus.path().to_str().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let model_dir = model.to_str().unwrap();
+    let index_args = [
         "index",
-        corpus.path().to_str().unwrap(),
+        corpus_dir,
         "--out",
-        out.path().to_str().unwrap(),
+        out_dir,
         "--model",
-        model.to_str().unwrap(),
+        model_dir,
         "--max-new-tokens",
         "12",
         "--fps",
@@ -88,14 +91,18 @@ fn index_a_directory_then_search_and_report() {
         "3136",
         "--max-pixels",
         "12544",
-    ]);
+    ];
+    let output = vidx(&index_args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "vidx index failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("2 indexed, 1 failed"), "{stdout}");
+    assert!(
+        stdout.contains("2 videos") && stdout.contains("1 indexed, 0 skipped, 1 failed"),
+        "one video indexed (split in two segments), one failed: {stdout}"
+    );
 
     let files = files_under(out.path());
     let names: Vec<String> = files
@@ -104,24 +111,24 @@ fn index_a_directory_then_search_and_report() {
         .collect();
     let documents: Vec<&PathBuf> = files
         .iter()
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .filter(|path| {
-            std::fs::read_to_string(path)
-                .unwrap()
-                .contains("vidx.evidence/v1")
-        })
+        .filter(|path| path.file_name().is_some_and(|name| name == "evidence.json"))
         .collect();
     assert_eq!(
         documents.len(),
-        2,
-        "one document per segment of clip.mp4: {names:#?}"
+        1,
+        "one document for clip.mp4, assembled from its segments: {names:#?}"
     );
+    let text = std::fs::read_to_string(documents[0]).unwrap();
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(document["probe"]["width"], 160);
+    let segments = document["segments"].as_array().unwrap();
+    let starts: Vec<f64> = segments
+        .iter()
+        .map(|segment| segment["start_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(starts, [0.0, 2.0], "segments in order");
     let mut frames = 0;
-    for path in &documents {
-        let text = std::fs::read_to_string(path).unwrap();
-        let document: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(document["probe"]["width"], 160);
-        let segment = &document["segments"][0];
+    for segment in segments {
         frames += segment["frames"].as_array().unwrap().len();
         assert!(segment["answers"][0]["raw_text"].is_string());
     }
@@ -166,6 +173,23 @@ fn index_a_directory_then_search_and_report() {
     );
     let html = std::fs::read_to_string(&report_path).unwrap();
     assert!(html.contains("clip.mp4"), "the report shows the video");
+
+    // The same command again: every video already indexed is skipped.
+    let again = vidx(&index_args);
+    let again_stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{again_stdout}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        again_stdout.contains("0 indexed, 1 skipped, 1 failed"),
+        "{again_stdout}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["skipped"], 1, "{manifest}");
 }
 
 #[test]

@@ -262,6 +262,26 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         .await
     }
 
+    async fn count_segment(
+        &self,
+        request: Request<pb::CountSegmentRequest>,
+    ) -> Result<Response<pb::CountSegmentResponse>, Status> {
+        let request = request.into_inner();
+        handle(
+            &self.coordinator,
+            "CountSegment",
+            self.coordinator.count_segment(
+                &request.job_id,
+                &request.lease_id,
+                &request.video_key,
+                request.segment_index,
+                request.segment_count,
+            ),
+            |assemble| pb::CountSegmentResponse { assemble },
+        )
+        .await
+    }
+
     async fn list_lease_holders(
         &self,
         _request: Request<pb::ListLeaseHoldersRequest>,

@@ -256,6 +256,29 @@ impl Coordinator {
         Ok(completed)
     }
 
+    /// Counts a segment job's part as written (fenced by its lease) and says whether the job
+    /// assembles its video's document.
+    #[instrument(level = "debug", skip_all, fields(%job_id))]
+    pub async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        require_id("job id", job_id)?;
+        require_id("lease id", lease_id)?;
+        // The heartbeat fences the call: a job whose lease moved on counts nothing.
+        self.store
+            .heartbeat(job_id, lease_id, None, now_ms())
+            .await?;
+        let job = self.store.job(job_id).await?;
+        self.store
+            .count_segment(&job.pass_id, video_key, segment_index, segment_count)
+            .await
+    }
+
     /// The workers holding a lease now, for autoscalers.
     pub async fn lease_holders(&self) -> Result<Vec<String>> {
         self.store.lease_holders().await
@@ -374,5 +397,24 @@ impl JobSource for Coordinator {
     async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> vidx_core::Result<()> {
         Coordinator::release(self, job_id, lease_id, reason).await?;
         Ok(())
+    }
+
+    async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> vidx_core::Result<bool> {
+        Ok(Coordinator::count_segment(
+            self,
+            job_id,
+            lease_id,
+            video_key,
+            segment_index,
+            segment_count,
+        )
+        .await?)
     }
 }

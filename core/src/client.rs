@@ -297,4 +297,28 @@ impl CoordinatorClient {
             .into_inner();
         JobState::try_from(response.state)
     }
+
+    /// Counts a segment job's part as written; true when this job assembles the video document.
+    pub async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        let response = self
+            .workers
+            .clone()
+            .count_segment(pb::CountSegmentRequest {
+                job_id: job_id.to_owned(),
+                lease_id: lease_id.to_owned(),
+                video_key: video_key.to_owned(),
+                segment_index,
+                segment_count,
+            })
+            .await?
+            .into_inner();
+        Ok(response.assemble)
+    }
 }

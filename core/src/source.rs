@@ -36,6 +36,16 @@ pub trait JobSource: Send + Sync + 'static {
     /// due now, and the attempt it was leased under is given back, so its next lease carries the
     /// same attempt number. A job of a cancelled pass becomes cancelled instead.
     async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<()>;
+    /// Counts a segment job's part of its video's document as written; true when this job
+    /// assembles the video document (one segment per video, again on that job's retries).
+    async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool>;
 }
 
 #[async_trait]
@@ -61,5 +71,23 @@ impl JobSource for CoordinatorClient {
     async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<()> {
         CoordinatorClient::release(self, job_id, lease_id, reason).await?;
         Ok(())
+    }
+    async fn count_segment(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        CoordinatorClient::count_segment(
+            self,
+            job_id,
+            lease_id,
+            video_key,
+            segment_index,
+            segment_count,
+        )
+        .await
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::metrics::Metrics;
@@ -128,13 +129,23 @@ pub async fn run(
     }
     println!("grpc listening on {}", listener.local_addr()?);
     let coordinator = Coordinator::new(store, Metrics::new()).with_access(config.access);
-    vidx_coordinator::server::run(
+    // Every replica runs the finalizer; the store's claim lets one of them finalize each pass.
+    let stop_finalizer = CancellationToken::new();
+    let finalizer = tokio::spawn(crate::commands::finalize::run_finalizer(
+        coordinator.clone(),
+        config.server.replica_id.clone(),
+        stop_finalizer.clone(),
+    ));
+    let served = vidx_coordinator::server::run(
         coordinator,
         config.server,
         listener,
         metrics_listener,
         shutdown,
     )
-    .await?;
+    .await;
+    stop_finalizer.cancel();
+    let _ = finalizer.await;
+    served?;
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod ask;
 pub mod coordinator;
 pub mod evidence;
 pub mod fetch_model;
+pub mod finalize;
 pub mod index_progress;
 pub mod media;
 pub mod passes;

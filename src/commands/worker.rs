@@ -1,5 +1,5 @@
-//! `vidx worker`, `vidx index` (the embedded default: a whole pass in this process) and
-//! `vidx finalize` (a pass's manifest and corpus tables).
+//! `vidx worker` and `vidx index` (the embedded default: a whole pass in this process, finalized
+//! at its end through [`super::finalize`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +11,17 @@ use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::{MemoryStore, RetryPolicy};
-use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
+use vidx_core::domain::PassState;
+use vidx_core::source::JobSource;
 use vidx_model::device::default_dtype;
 use vidx_model::generation::GenerationParams;
 use vidx_model::{LoadOptions, OpenO3Video};
-use vidx_worker::evidence::store::OutcomeStatus;
-use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
+use vidx_worker::evidence::ModelInfo;
 use vidx_worker::runtime::{self, WorkerConfig};
-use vidx_worker::video_job::{VideoJobRunner, question_plan};
+use vidx_worker::video_job::VideoJobRunner;
 
-use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
+use super::finalize::{all_jobs, finalize_pass};
+use crate::cli::{IndexArgs, ModelArgs, WorkerArgs};
 use crate::commands::index_progress::IndexProgress;
 
 impl ModelArgs {
@@ -120,9 +121,13 @@ impl WorkerArgs {
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
     let config = args.into_config()?;
     let options = args.model.load_options()?;
-    let runner = args.model.pipeline(&options).await?;
-    let client = args.client.connect().await?;
-    let tally = runtime::run(Arc::new(client), Arc::new(runner), config, shutdown).await?;
+    let client: Arc<dyn JobSource> = Arc::new(args.client.connect().await?);
+    let runner = args
+        .model
+        .pipeline(&options)
+        .await?
+        .with_coordinator(Arc::clone(&client));
+    let tally = runtime::run(client, Arc::new(runner), config, shutdown).await?;
     info!(
         done = tally.done,
         split = tally.split,
@@ -163,7 +168,12 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
         "embedded".into(),
         stop.clone(),
     ));
-    let runner = Arc::new(args.model.pipeline(&options).await?);
+    let runner = Arc::new(
+        args.model
+            .pipeline(&options)
+            .await?
+            .with_coordinator(Arc::new(coordinator.clone())),
+    );
     let mut progress = coordinator.progress();
     let started = std::time::Instant::now();
     let pass_id = coordinator.submit(spec).await?.pass_id;
@@ -208,89 +218,19 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     if status.state == PassState::Failed {
         bail!("pass failed: {}", status.planning_error.unwrap_or_default());
     }
-    let jobs = all_jobs_local(&coordinator, &pass_id).await?;
+    let jobs = all_jobs(&coordinator, &pass_id).await?;
     let manifest = finalize_pass(&status, &jobs, args.model.info(&options)).await?;
     println!(
-        "pass {pass_id}: {} videos, {} jobs done, {} dead; {} indexed, {} failed, {} skipped in {:.1}s; index at {}",
-        status.videos,
+        "pass {pass_id}: {} videos, {} jobs done, {} dead; {} indexed, {} skipped, {} failed \
+         in {:.1}s; index at {}",
+        manifest.videos.len(),
         status.counts.done,
         status.counts.dead,
         manifest.indexed,
+        manifest.skipped,
         manifest.failed,
-        manifest.already_indexed,
         started.elapsed().as_secs_f64(),
         status.spec.destination
-    );
-    Ok(())
-}
-
-async fn all_jobs_local(coordinator: &Coordinator, pass_id: &str) -> Result<Vec<Job>> {
-    Ok(collect_pages(usize::MAX, |token, page_size| async move {
-        coordinator
-            .list_jobs(pass_id, None, page_size, token.as_deref())
-            .await
-    })
-    .await?)
-}
-
-/// Writes the manifest (every video's outcome, failures with their reasons) and the corpus tables.
-pub async fn finalize_pass(
-    status: &PassStatus,
-    jobs: &[Job],
-    model: ModelInfo,
-) -> Result<PassManifest> {
-    let task = question_plan(&status.spec.task).context("the pass's task")?;
-    let index = EvidenceIndex::from_url(&status.spec.destination)?;
-    let mut manifest = PassManifest::new(status.pass_id.clone(), model, &task);
-    for job in jobs {
-        let url = job.spec.video_url.clone();
-        let outcome = match (job.state, &job.result_url) {
-            (JobState::Done, Some(key)) => OutcomeStatus::Indexed {
-                document_key: key.clone(),
-            },
-            // A probe job that was split: its segments carry the results.
-            (JobState::Done, None) => continue,
-            (JobState::Dead, _) => OutcomeStatus::Failed {
-                stage: "job".into(),
-                reason: job.last_error.clone().unwrap_or_else(|| "failed".into()),
-            },
-            (JobState::Cancelled, _) => OutcomeStatus::Failed {
-                stage: "cancelled".into(),
-                reason: "pass cancelled".into(),
-            },
-            (state, _) => OutcomeStatus::Failed {
-                stage: "unfinished".into(),
-                reason: format!("job still {state}"),
-            },
-        };
-        manifest.record(url, outcome);
-    }
-    Ok(index.finish_pass(manifest).await?)
-}
-
-/// `vidx finalize`.
-pub async fn finalize(args: FinalizeArgs) -> Result<()> {
-    let client = args.client.connect().await?;
-    let status = client.status(&args.pass_id).await?;
-    if !is_over(status.state) {
-        bail!(
-            "pass {} is {}: finalize it once it has finished",
-            args.pass_id,
-            status.state
-        );
-    }
-    let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
-    // The manifest covers every worker of the pass, which may have run on different devices.
-    let model = ModelInfo {
-        id: args.model_id,
-        revision: args.model_revision,
-        device: None,
-        dtype: None,
-    };
-    let manifest = finalize_pass(&status, &jobs, model).await?;
-    println!(
-        "{} indexed, {} failed; manifest and tables written under {}",
-        manifest.indexed, manifest.failed, status.spec.destination
     );
     Ok(())
 }

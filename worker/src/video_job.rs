@@ -6,7 +6,12 @@
 //! prefill the shared prompt prefix (system prompt, frames, duration line) once, and answer every
 //! question of the task from that prefix; parse each answer into evidence, map it to source pixels
 //! and absolute time, store frame thumbnails, and write the document. A document that already
-//! exists (same video, model and task) is not computed again.
+//! exists (same video, model and task) is not computed again, and finding that out reads no
+//! byte of the video ([`skip_check`]: the object's metadata names the document).
+//!
+//! A segment job of a split video writes its segment's part; the coordinator's segment counter
+//! designates one segment job per video, and that job assembles the video's document from the
+//! parts (again on its retry, if it crashed halfway).
 //!
 //! Runs on a blocking thread: object-store calls go through the worker's one async bridge,
 //! [`crate::bridge`].
@@ -15,8 +20,11 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use tracing::info;
 use vidx_core::domain::{LeasedJob, Segment, TaskSpec};
+use vidx_core::source::JobSource;
 use vidx_model::generation::GenerationParams;
 use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
 
@@ -33,11 +41,18 @@ use crate::runtime::{CancelFlag, JobFailure, JobRunner, Outcome};
 /// Widest stored thumbnail; boxes are stored in source pixels and scaled when drawn.
 const THUMBNAIL_MAX_WIDTH: usize = 640;
 
+/// Opens a video's source from its URL: [`VideoSource::from_url`] unless a caller wraps the
+/// store (tests count the bytes read through it).
+pub type VideoOpener = Arc<dyn Fn(&str) -> Result<VideoSource, MediaError> + Send + Sync>;
+
 /// The [`JobRunner`] for video jobs: reads, reasons and writes evidence for one job at a time.
 pub struct VideoJobRunner {
     model: Arc<OpenO3Video>,
     model_info: ModelInfo,
     generation: GenerationParams,
+    /// The coordinator, for the segment counter that designates who assembles a split video.
+    coordinator: Option<Arc<dyn JobSource>>,
+    open_video: VideoOpener,
 }
 
 impl std::fmt::Debug for VideoJobRunner {
@@ -60,8 +75,113 @@ impl VideoJobRunner {
             model,
             model_info,
             generation,
+            coordinator: None,
+            open_video: Arc::new(|url: &str| VideoSource::from_url(url)),
         }
     }
+
+    /// The coordinator whose segment counter decides who assembles a split video (the same
+    /// source the worker loop leases from). Segment jobs fail without one.
+    pub fn with_coordinator(mut self, coordinator: Arc<dyn JobSource>) -> Self {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
+    /// Opens videos with `open` instead of [`VideoSource::from_url`].
+    pub fn with_video_opener(mut self, open: VideoOpener) -> Self {
+        self.open_video = open;
+        self
+    }
+
+    /// Counts this segment job's part and, when designated, assembles the video document;
+    /// returns the key the job reports.
+    fn count_and_assemble(
+        &self,
+        job: &LeasedJob,
+        index: &EvidenceIndex,
+        document_key: &Path,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<Path, JobFailure> {
+        let coordinator = self
+            .coordinator
+            .as_ref()
+            .ok_or_else(|| invalid("segment job: no coordinator to count segments with".into()))?;
+        // `…/videos/{video_id}/{run_id}/evidence.json`: the video id names the video in the pass.
+        let parts: Vec<String> = document_key
+            .parts()
+            .map(|part| part.as_ref().to_owned())
+            .collect();
+        let video_key = parts
+            .len()
+            .checked_sub(3)
+            .map(|position| parts[position].clone())
+            .unwrap_or_default();
+        let assemble = block_on(coordinator.count_segment(
+            &job.job.job_id,
+            &job.lease_id,
+            &video_key,
+            segment_index,
+            segment_count,
+        ))
+        .map_err(bridge_failure)?
+        .map_err(|error| JobFailure {
+            reason: format!("count segment: {error}"),
+            retryable: error.is_transient(),
+        })?;
+        if !assemble {
+            return Ok(EvidenceIndex::part_key(document_key, segment_index));
+        }
+        block_on(index.assemble_video(document_key, segment_count, &job.job.pass_id, now_ms()))
+            .map_err(bridge_failure)?
+            .map_err(|error| index_failure("assemble", error))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// What the metadata check found: the video's identity and its document's key, and whether
+/// that document exists.
+#[derive(Debug, Clone)]
+pub struct SkipCheck {
+    /// The video as the index names it: URL, size and ETag from the store's metadata.
+    pub identity: VideoIdentity,
+    /// Its document's key for this model and task.
+    pub document_key: Path,
+    /// Whether the document exists: the job is done without reading the video.
+    pub indexed: bool,
+}
+
+/// Decides from metadata alone (one `HEAD` of the video, one of the document) whether a video
+/// is indexed under this model and task. Reads no byte of the video.
+pub fn skip_check(
+    source: &VideoSource,
+    index: &EvidenceIndex,
+    model: &ModelInfo,
+    task: &QuestionPlan,
+) -> Result<SkipCheck, JobFailure> {
+    let meta = block_on(source.store.head(&source.path))
+        .map_err(bridge_failure)?
+        .map_err(|error| media_failure("open", MediaError::from_store(&source.uri, error)))?;
+    let identity = VideoIdentity {
+        url: source.uri.clone(),
+        size_bytes: meta.size,
+        etag: meta.e_tag,
+        checksum: None,
+    };
+    let document_key = index.document_key(&identity, model, &task.hash());
+    let indexed = block_on(index.is_indexed(&document_key))
+        .map_err(bridge_failure)?
+        .map_err(|error| index_failure("index", error))?;
+    Ok(SkipCheck {
+        identity,
+        document_key,
+        indexed,
+    })
 }
 
 /// The evidence task a pass asks for.
@@ -196,7 +316,21 @@ impl JobRunner for VideoJobRunner {
         let task =
             question_plan(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
         let source =
-            VideoSource::from_url(&spec.video_url).map_err(|error| media_failure("open", error))?;
+            (self.open_video)(&spec.video_url).map_err(|error| media_failure("open", error))?;
+        let index = EvidenceIndex::from_url(&job.pass.destination)
+            .map_err(|error| invalid(format!("destination: {error}")))?;
+        // Before any byte of the video is read: its metadata names its document.
+        let SkipCheck {
+            identity,
+            document_key,
+            indexed,
+        } = skip_check(&source, &index, &self.model_info, &task)?;
+        if indexed {
+            info!(key = %document_key, "already indexed, skipped");
+            return Ok(Outcome::Done {
+                result_url: Some(document_key.to_string()),
+            });
+        }
         let probe = media::probe_source(&source, &ProbeOptions::default())
             .map_err(|error| media_failure("probe", error))?;
         let duration = probe.duration_s.unwrap_or(0.0);
@@ -205,34 +339,47 @@ impl JobRunner for VideoJobRunner {
             return Ok(Outcome::Split(segments(duration, segment_length)));
         }
 
-        let index = EvidenceIndex::from_url(&job.pass.destination)
-            .map_err(|error| invalid(format!("destination: {error}")))?;
         let start_s = spec.start_s;
         let end_s = if spec.end_s > start_s {
             spec.end_s
         } else {
             duration.max(start_s)
         };
-        // A segment job gets a document of its own: its identity names the time range
-        // (a W3C media fragment), so segments of one video never overwrite each other.
-        let url = if spec.probe {
-            spec.video_url.clone()
+        // A segment job writes its segment's part of the video's document; which segment it is
+        // follows from the same split the probe job made.
+        let (segment_index, segment_count) = if spec.probe {
+            (0, 1)
         } else {
-            format!("{}#t={start_s},{end_s}", spec.video_url)
+            let all = segments(duration, segment_length);
+            let position = all
+                .iter()
+                .position(|segment| (segment.start_s - start_s).abs() < 1e-6)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "segment [{start_s}, {end_s}) is not one of the video's {} segments",
+                        all.len()
+                    ))
+                })?;
+            (position as u32, all.len() as u32)
         };
-        let identity = VideoIdentity {
-            url,
-            size_bytes: probe.size_bytes,
-            etag: spec.etag.clone(),
-            checksum: None,
-        };
-        let document_key = index.document_key(&identity, &self.model_info, &task.hash());
-        let already = block_on(index.is_indexed(&document_key)).map_err(bridge_failure)?;
-        if already.map_err(|error| index_failure("index", error))? {
-            info!(key = %document_key, "already indexed");
-            return Ok(Outcome::Done {
-                result_url: Some(document_key.to_string()),
-            });
+        if !spec.probe {
+            let part_key = EvidenceIndex::part_key(&document_key, segment_index);
+            let written = block_on(index.is_indexed(&part_key))
+                .map_err(bridge_failure)?
+                .map_err(|error| index_failure("index", error))?;
+            if written {
+                info!(key = %part_key, "segment part already written");
+                let reported = self.count_and_assemble(
+                    job,
+                    &index,
+                    &document_key,
+                    segment_index,
+                    segment_count,
+                )?;
+                return Ok(Outcome::Done {
+                    result_url: Some(reported.to_string()),
+                });
+            }
         }
 
         let sampling = SamplingSpec {
@@ -299,7 +446,7 @@ impl JobRunner for VideoJobRunner {
                 .fold(start_s, f64::max),
         );
         let clock = SegmentClock::new(
-            0,
+            segment_index,
             start_s,
             segment_end.max(start_s + 1e-3),
             frames
@@ -329,6 +476,7 @@ impl JobRunner for VideoJobRunner {
         builder
             .add_segment(clock.clone())
             .map_err(|error| invalid(format!("segment: {error}")))?;
+        builder.written_by(job.job.pass_id.clone(), now_ms());
 
         // The vision tower and the shared prefix run once for all questions.
         let encoded = self
@@ -360,19 +508,30 @@ impl JobRunner for VideoJobRunner {
         }
         for (question, answer) in task.questions.iter().zip(&answers) {
             builder
-                .record_answer(0, &question.id, &answer.text)
+                .record_answer(segment_index, &question.id, &answer.text)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
 
         for (frame_index, encoded) in thumbnails.into_iter().enumerate() {
-            let thumbnail = block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))
-                .map_err(bridge_failure)?
-                .map_err(|error| index_failure("thumbnail", error))?;
+            let thumbnail =
+                block_on(index.put_thumbnail(&document_key, segment_index, frame_index, encoded))
+                    .map_err(bridge_failure)?
+                    .map_err(|error| index_failure("thumbnail", error))?;
             builder
-                .set_thumbnail(0, frame_index, thumbnail)
+                .set_thumbnail(segment_index, frame_index, thumbnail)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
         let document = builder.finish();
+        if !spec.probe {
+            block_on(index.write_part(&document))
+                .map_err(bridge_failure)?
+                .map_err(|error| index_failure("write", error))?;
+            let reported =
+                self.count_and_assemble(job, &index, &document_key, segment_index, segment_count)?;
+            return Ok(Outcome::Done {
+                result_url: Some(reported.to_string()),
+            });
+        }
         let written = block_on(index.write_document(&document))
             .map_err(bridge_failure)?
             .map_err(|error| index_failure("write", error))?;

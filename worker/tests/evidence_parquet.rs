@@ -1,27 +1,36 @@
-//! The corpus tables open in pyarrow and DuckDB with the columns `SCHEMA.md` documents.
+//! The corpus tables open in pyarrow and DuckDB with the columns `SCHEMA.md` documents, and
+//! accumulate over passes: DuckDB over `table/claims/*.parquet` sees every pass's rows.
 //!
-//! Needs a Python with pyarrow and duckdb: `scripts/install-test-servers.sh` makes `venv/` at the repository root;
-//! `VIDX_PYTHON` overrides the interpreter. The test fails, saying so, when neither is there.
+//! Needs a Python with pyarrow and duckdb: `scripts/install-test-servers.sh` makes
+//! `.tools/duckdb/` (and `venv/` at the repository root); `VIDX_PYTHON`
+//! overrides the interpreter. The test fails, saying so, when none is there.
 
 mod evidence_support;
 
 use std::process::Command;
 
 use evidence_support::{document, model, workspace_root};
-use vidx_worker::evidence::store::{CLAIMS_PARQUET, OutcomeStatus};
+use vidx_worker::evidence::store::{ANSWERS_PARTS, CLAIMS_PARTS, OutcomeStatus, table_part_name};
 use vidx_worker::evidence::{EvidenceIndex, PassManifest, QuestionPlan};
 
 fn python() -> String {
     if let Ok(path) = std::env::var("VIDX_PYTHON") {
         return path;
     }
-    let venv = workspace_root().join("venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/install-test-servers.sh (creates venv/ with pyarrow and duckdb) or set VIDX_PYTHON",
-        venv.display()
-    );
-    venv.to_string_lossy().into_owned()
+    let candidates = [
+        workspace_root().join(".tools/duckdb/bin/python"),
+        workspace_root().join("venv/bin/python"),
+    ];
+    let found = candidates
+        .iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "none of {candidates:?} exists: run scripts/install-test-servers.sh (makes \
+             .tools/duckdb with pyarrow and duckdb) or set VIDX_PYTHON"
+            )
+        });
+    found.to_string_lossy().into_owned()
 }
 
 /// Column names listed in the first column of the table under `heading` in SCHEMA.md.
@@ -94,8 +103,8 @@ async fn parquet_opens_in_pyarrow_and_duckdb_with_documented_columns() -> anyhow
         );
     }
     index.finish_pass(manifest).await?;
-    let claims_path = dir.path().join(CLAIMS_PARQUET);
-    let answers_path = dir.path().join("table/answers.parquet");
+    let claims_path = dir.path().join(CLAIMS_PARTS).join(table_part_name("p1"));
+    let answers_path = dir.path().join(ANSWERS_PARTS).join(table_part_name("p1"));
 
     let output = Command::new(&python)
         .arg("-c")
@@ -143,5 +152,97 @@ async fn parquet_opens_in_pyarrow_and_duckdb_with_documented_columns() -> anyhow
         .collect();
     assert_eq!(rounded, vec![857.0, 286.0, 1143.0, 571.0]);
     assert_eq!(result["answers_without_verdict"], 4);
+    Ok(())
+}
+
+const UNION_SCRIPT: &str = r#"
+import json, sys
+import duckdb
+claims = sys.argv[1] + "/table/claims/*.parquet"
+con = duckdb.connect()
+rows = con.execute(
+    "SELECT pass_id, question, count(*) FROM read_parquet(?) GROUP BY pass_id, question ORDER BY pass_id",
+    [claims],
+).fetchall()
+print(json.dumps(rows))
+"#;
+
+/// Two passes with different questions over one corpus: each adds its own table parts, and both
+/// DuckDB over `table/claims/*.parquet` and the index's own reader see the rows of both.
+#[tokio::test]
+async fn two_passes_accumulate_table_parts_that_duckdb_reads_together() -> anyhow::Result<()> {
+    let python = python();
+    let dir = tempfile::tempdir()?;
+    let index = EvidenceIndex::from_url(dir.path().to_str().unwrap())?;
+    let raw = "<think>A <obj>red car</obj><box>[300,100,400,200]</box>at<t>12.0</t>s.</think>\
+               <answer>A car.</answer>";
+    let questions = [
+        ("pass-a", "Where is the car?"),
+        ("pass-b", "What colour is the car?"),
+    ];
+    let mut written_at = 1_700_000_000_000;
+    for (pass_id, question) in questions {
+        let task = QuestionPlan::free_form(&[question])?;
+        let question_id = task.questions[0].id.clone();
+        let mut manifest = PassManifest::new(pass_id, model(), &task);
+        for url in ["s3://videos/a.mp4", "s3://videos/b.mp4"] {
+            let mut document = document(url, task.clone(), &[(0, &question_id, raw)]);
+            document.pass_id = Some(pass_id.to_owned());
+            written_at += 1;
+            document.written_at_ms = Some(written_at);
+            let key = index.write_document(&document).await?;
+            manifest.record(
+                url,
+                OutcomeStatus::Indexed {
+                    document_key: key.to_string(),
+                },
+            );
+        }
+        let finished = index.finish_pass(manifest).await?;
+        assert_eq!(finished.claim_rows, 2, "one claim per video in {pass_id}");
+    }
+    let parts = std::fs::read_dir(dir.path().join(CLAIMS_PARTS))?.count();
+    assert_eq!(parts, 2, "one claims part per pass");
+
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(UNION_SCRIPT)
+        .arg(dir.path())
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{python} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            ["pass-a", "Where is the car?", 2],
+            ["pass-b", "What colour is the car?", 2]
+        ])
+    );
+
+    // The index's reader sees both tasks (a video and task each keep their newest document).
+    let claims = index.read_claims().await?;
+    let mut seen: Vec<(String, String)> = claims
+        .iter()
+        .map(|row| {
+            (
+                row.pass_id.clone().unwrap_or_default(),
+                row.video_url.clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(
+        seen[0],
+        ("pass-a".to_owned(), "s3://videos/a.mp4".to_owned())
+    );
+    assert_eq!(
+        seen[3],
+        ("pass-b".to_owned(), "s3://videos/b.mp4".to_owned())
+    );
     Ok(())
 }

@@ -61,6 +61,8 @@ fn claim_row(row: usize) -> ClaimRow {
         category: None,
         flagged: None,
         severity: None,
+        pass_id: None,
+        written_at_ms: None,
     }
 }
 
@@ -97,6 +99,8 @@ fn answer_row(row: usize) -> AnswerRow {
         category: None,
         flagged: None,
         severity: None,
+        pass_id: None,
+        written_at_ms: None,
     }
 }
 

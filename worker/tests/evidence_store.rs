@@ -153,6 +153,83 @@ fn moderation_verdicts_roll_up_to_the_video() {
     assert!(verdict.flagged && verdict.grounded_claims == 1);
 }
 
+/// One part per segment of a 3-segment video, written in any order: the assembled document holds
+/// every segment in order with its answers and absolute times, and moderation over the video.
+#[tokio::test]
+async fn segment_parts_assemble_into_one_video_document() -> anyhow::Result<()> {
+    use vidx_worker::evidence::SegmentClock;
+    let index = memory_index();
+    let task = QuestionPlan::moderation(ModerationPolicy::from_yaml(MODERATION_POLICY)?)?;
+    let url = "s3://videos/long.mp4";
+    let answers = [
+        (
+            "<think>No weapon.</think><answer>No</answer>",
+            "<answer>no</answer>",
+        ),
+        (
+            "<think>A <obj>knife</obj><box>[100,100,140,160]</box>at<t>7.5</t>s</think><answer>Yes.</answer>",
+            "<answer>no</answer>",
+        ),
+        (
+            "<think>A <obj>gun</obj><box>[10,10,60,60]</box>at<t>2</t>s</think><answer>Yes</answer>",
+            "<answer>no</answer>",
+        ),
+    ];
+    let video_key = index.document_key(&evidence_support::identity(url), &model(), &task.hash());
+    for segment in [2u32, 0, 1] {
+        let start = 30.0 * f64::from(segment);
+        let mut builder = VideoDocumentBuilder::new(header(url, task.clone(), Rotation::R0));
+        builder.add_segment(SegmentClock::new(
+            segment,
+            start,
+            start + 30.0,
+            vec![start + 1.0, start + 11.0, start + 21.0],
+        )?)?;
+        builder.written_by("pass-1", 1_000 + i64::from(segment));
+        let (weapons, smoking) = answers[segment as usize];
+        builder.record_answer(segment, "weapons", weapons)?;
+        builder.record_answer(segment, "smoking", smoking)?;
+        let part_key = index.write_part(&builder.finish()).await?;
+        assert_eq!(part_key, EvidenceIndex::part_key(&video_key, segment));
+    }
+    // Parts are not documents: listings, tables and reports see only the assembled one.
+    assert!(index.list_documents().await?.is_empty());
+    let key = index.assemble_video(&video_key, 3, "pass-1", 5_000).await?;
+    assert_eq!(key, video_key);
+    assert_eq!(index.list_documents().await?, vec![video_key.clone()]);
+    let document = index.read_document(&key).await?;
+    let indexes: Vec<u32> = document.segments.iter().map(|s| s.index).collect();
+    assert_eq!(indexes, vec![0, 1, 2]);
+    assert_eq!(document.video.url, url, "the video, not a fragment of it");
+    assert_eq!(document.written_at_ms, Some(5_000));
+    let knife = &document.segments[1].answers[0].claims[0];
+    assert_eq!((knife.object.as_str(), knife.time_s), ("knife", Some(37.5)));
+    let weapons = &document.moderation[0];
+    assert_eq!(weapons.category, "weapons");
+    assert!(weapons.flagged);
+    assert_eq!(weapons.flagged_segments, vec![1, 2]);
+    let spans: Vec<(f64, f64)> = weapons
+        .flagged_spans
+        .iter()
+        .map(|span| (span.start_s, span.end_s))
+        .collect();
+    assert_eq!(spans, vec![(30.0, 60.0), (60.0, 90.0)]);
+    assert!(!document.moderation[1].flagged);
+    // Assembling again (a retried assembler) writes the same document; a missing part is an error.
+    assert_eq!(
+        index.assemble_video(&video_key, 3, "pass-1", 5_000).await?,
+        key
+    );
+    assert_eq!(index.read_document(&key).await?, document);
+    assert!(
+        index
+            .assemble_video(&video_key, 4, "pass-1", 5_000)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
 #[test]
 fn keys_are_pure_functions_of_video_model_and_task() {
     let index = memory_index();
@@ -282,20 +359,21 @@ async fn writes_are_idempotent_and_pass_end_builds_tables() -> anyhow::Result<()
     let answers = index.read_answers().await?;
     assert_eq!(answers.iter().filter(|row| row.claim_count == 0).count(), 2);
 
-    // A second pass finds both videos indexed and skips them; the tables stay the same.
+    // A second pass finds both videos indexed and skips them: its table parts are empty, and
+    // the tables as readers see them stay the same.
     let mut second = PassManifest::new("pass-2", model(), &task);
     for url in ["s3://videos/a.mp4", "s3://videos/b.mp4"] {
         let key = index.document_key(&evidence_support::identity(url), &model(), &task.hash());
         assert!(index.is_indexed(&key).await?);
         second.record(
             url,
-            OutcomeStatus::AlreadyIndexed {
+            OutcomeStatus::Skipped {
                 document_key: key.to_string(),
             },
         );
     }
     let second = index.finish_pass(second).await?;
-    assert_eq!((second.already_indexed, second.claim_rows), (2, 4));
+    assert_eq!((second.skipped, second.claim_rows), (2, 0));
     assert_eq!(index.read_claims().await?, claims);
     Ok(())
 }

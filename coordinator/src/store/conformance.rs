@@ -1006,6 +1006,73 @@ pub async fn lease_holders_are_named(store: Arc<dyn JobStore>) {
     assert!(store.lease_holders().await.unwrap().is_empty());
 }
 
+/// The segment counter designates exactly one assembler per video, the segment that completed
+/// the set, and designates it again when that segment reports again (a retried job).
+pub async fn segment_counter_designates_one_assembler(store: Arc<dyn JobStore>) {
+    let pass_id = running_pass(store.as_ref(), 1, 3).await;
+    // Segments of video "a" report out of order, one of them twice; "b" is counted apart.
+    assert!(!store.count_segment(&pass_id, "a", 2, 3).await.unwrap());
+    assert!(!store.count_segment(&pass_id, "a", 0, 3).await.unwrap());
+    assert!(!store.count_segment(&pass_id, "a", 0, 3).await.unwrap());
+    assert!(!store.count_segment(&pass_id, "b", 1, 3).await.unwrap());
+    assert!(store.count_segment(&pass_id, "a", 1, 3).await.unwrap());
+    // The designated segment's retry is designated again; no other segment ever is.
+    assert!(store.count_segment(&pass_id, "a", 1, 3).await.unwrap());
+    assert!(!store.count_segment(&pass_id, "a", 2, 3).await.unwrap());
+    assert!(!store.count_segment(&pass_id, "a", 0, 3).await.unwrap());
+    // A one-segment video is its own assembler.
+    assert!(store.count_segment(&pass_id, "c", 0, 1).await.unwrap());
+    // Concurrent reports of the last segments: exactly one of them assembles.
+    let reports = (0..8u32).map(|index| {
+        let store = Arc::clone(&store);
+        let pass_id = pass_id.clone();
+        tokio::spawn(async move { store.count_segment(&pass_id, "d", index, 8).await.unwrap() })
+    });
+    let mut designated = 0;
+    for report in reports {
+        designated += usize::from(report.await.unwrap());
+    }
+    assert_eq!(designated, 1);
+    assert!(matches!(
+        store.count_segment(&pass_id, "a", 3, 3).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.count_segment("no-such-pass", "a", 0, 1).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// One holder finalizes a pass while its claim lasts; once finished, every
+/// claim says done.
+pub async fn finalization_is_claimed_once(store: Arc<dyn JobStore>) {
+    use super::FinalizeClaim;
+    let pass_id = running_pass(store.as_ref(), 1, 3).await;
+    let ttl = 60_000;
+    let claim = |holder: &'static str, now_ms: i64| {
+        let store = Arc::clone(&store);
+        let pass_id = pass_id.clone();
+        async move {
+            store
+                .claim_finalization(&pass_id, holder, ttl, now_ms)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("replica-a", T0).await, FinalizeClaim::Claimed);
+    assert_eq!(claim("replica-b", T0 + 1).await, FinalizeClaim::Busy);
+    assert_eq!(claim("replica-a", T0 + 2).await, FinalizeClaim::Claimed);
+    store.finish_finalization(&pass_id).await.unwrap();
+    assert_eq!(claim("replica-b", T0 + 3).await, FinalizeClaim::Done);
+    assert_eq!(claim("replica-a", T0 + 4).await, FinalizeClaim::Done);
+    assert!(matches!(
+        store
+            .claim_finalization("no-such-pass", "replica-a", ttl, T0)
+            .await,
+        Err(Error::NotFound(_))
+    ));
+}
+
 /// Runs every check, each on a fresh store from `make`.
 #[macro_export]
 macro_rules! job_store_conformance {
@@ -1018,7 +1085,8 @@ macro_rules! job_store_conformance {
             expire_old_passes, filtered_listing_walks_a_big_pass, lease_holders_are_named,
             release_hands_a_job_back, releases_never_use_up_attempts,
             release_in_a_cancelled_pass_cancels, crashes_are_counted_until_dead,
-            crash_counts_survive_other_transitions, panics_are_retried_once);
+            crash_counts_survive_other_transitions, panics_are_retried_once,
+            segment_counter_designates_one_assembler, finalization_is_claimed_once);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    BUCKET_MS, Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, crash_reason,
-    effective_state, job_id_for, page_token, segment_jobs, throughput, validate_segments,
+    BUCKET_MS, Created, FinalizeClaim, JobStore, LeaseRequest, PlanningPass, RetryPolicy,
+    crash_reason, effective_state, job_id_for, page_token, segment_jobs, throughput,
+    validate_segment_count, validate_segments,
 };
 use crate::error::{Error, Result};
 use vidx_core::domain::{
@@ -74,6 +75,17 @@ struct State {
     leases: BTreeSet<(i64, String)>,
     next_global_seq: u64,
     next_lease: u64,
+    /// Per (pass, video): the segments counted and the one designated to assemble.
+    assembly: HashMap<(String, String), (BTreeSet<u32>, Option<u32>)>,
+    /// Per pass: finalized, or the current finalization claim (holder, until).
+    finalization: HashMap<String, Finalization>,
+}
+
+/// Where finalizing a pass stands.
+#[derive(Debug, Clone)]
+enum Finalization {
+    Held { holder: String, until_ms: i64 },
+    Done,
 }
 
 /// All state in process memory; lost when the process exits.
@@ -771,6 +783,8 @@ impl JobStore for MemoryStore {
                 state.idempotency.remove(key);
             }
             state.pass_order.remove(&pass_id);
+            state.assembly.retain(|(pass, _), _| *pass != pass_id);
+            state.finalization.remove(&pass_id);
             expired.push(pass_id);
         }
         Ok(expired)
@@ -789,6 +803,65 @@ impl JobStore for MemoryStore {
             })
             .map(|(pass_id, _)| pass_id.clone())
             .collect())
+    }
+
+    async fn count_segment(
+        &self,
+        pass_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        validate_segment_count(video_key, segment_index, segment_count)?;
+        let mut state = self.lock();
+        state.pass(pass_id)?;
+        let (counted, assembler) = state
+            .assembly
+            .entry((pass_id.to_owned(), video_key.to_owned()))
+            .or_default();
+        let new = counted.insert(segment_index);
+        if new && assembler.is_none() && counted.len() as u32 >= segment_count {
+            *assembler = Some(segment_index);
+        }
+        Ok(*assembler == Some(segment_index))
+    }
+
+    async fn claim_finalization(
+        &self,
+        pass_id: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<FinalizeClaim> {
+        let mut state = self.lock();
+        state.pass(pass_id)?;
+        match state.finalization.get(pass_id) {
+            Some(Finalization::Done) => return Ok(FinalizeClaim::Done),
+            Some(Finalization::Held {
+                holder: owner,
+                until_ms,
+            }) if owner != holder && *until_ms > now_ms => {
+                return Ok(FinalizeClaim::Busy);
+            }
+            _ => {}
+        }
+        state.finalization.insert(
+            pass_id.to_owned(),
+            Finalization::Held {
+                holder: holder.to_owned(),
+                until_ms: now_ms + ttl_ms,
+            },
+        );
+        Ok(FinalizeClaim::Claimed)
+    }
+
+    async fn finish_finalization(&self, pass_id: &str) -> Result<()> {
+        let mut state = self.lock();
+        state.pass(pass_id)?;
+        state
+            .finalization
+            .insert(pass_id.to_owned(), Finalization::Done);
+        Ok(())
     }
 }
 

@@ -207,6 +207,65 @@ pub trait JobStore: Send + Sync + 'static {
     /// the `limit` oldest passes at most. Returns the ids of the passes deleted. Passes that are
     /// still planning or have work left are kept, whatever their age.
     async fn expire_passes(&self, created_before_ms: i64, limit: u32) -> Result<Vec<String>>;
+
+    /// Records that segment `segment_index` of the `segment_count` segments of one video of a
+    /// pass has its part written, and says whether the caller assembles the video's document.
+    /// Exactly one segment per video is ever designated: the one whose report made the set
+    /// complete. It is designated again each time it reports again (its job retried after a crash
+    /// mid-assembly), so the assembly is retried with the job; every other report answers false.
+    /// `video_key` names the video within the pass (the worker's video id).
+    async fn count_segment(
+        &self,
+        pass_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool>;
+
+    /// Takes (or renews) the right to finalize a pass (write its manifest and table parts) for
+    /// `ttl_ms`. A holder that crashes loses it when the time runs out, so another replica
+    /// finalizes instead; once [`JobStore::finish_finalization`] ran, every claim answers
+    /// [`FinalizeClaim::Done`].
+    async fn claim_finalization(
+        &self,
+        pass_id: &str,
+        holder: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<FinalizeClaim>;
+
+    /// Records that a pass was finalized: later claims answer [`FinalizeClaim::Done`].
+    async fn finish_finalization(&self, pass_id: &str) -> Result<()>;
+}
+
+/// The answer to [`JobStore::claim_finalization`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizeClaim {
+    /// The caller holds the claim and finalizes now.
+    Claimed,
+    /// Another holder has an unexpired claim.
+    Busy,
+    /// The pass was finalized already.
+    Done,
+}
+
+/// Checks the arguments of [`JobStore::count_segment`] before any state changes.
+pub(crate) fn validate_segment_count(
+    video_key: &str,
+    segment_index: u32,
+    segment_count: u32,
+) -> Result<()> {
+    if video_key.is_empty() || video_key.len() > 128 || video_key.contains('|') {
+        return Err(crate::error::Error::invalid(
+            "video key must be 1 to 128 bytes without '|'",
+        ));
+    }
+    if segment_count == 0 || segment_count > 10_000 || segment_index >= segment_count {
+        return Err(crate::error::Error::invalid(format!(
+            "segment {segment_index} of {segment_count} is not a valid segment"
+        )));
+    }
+    Ok(())
 }
 
 /// A digest of what makes two jobs of a pass the same work: URL, time range and whether it is a

@@ -170,7 +170,7 @@ pub struct SegmentRecord {
 }
 
 /// The verdict of one moderation category over the whole video.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CategorySummary {
     /// Category name.
     pub category: String,
@@ -180,6 +180,21 @@ pub struct CategorySummary {
     pub flagged: bool,
     /// Indexes of the flagged segments.
     pub flagged_segments: Vec<u32>,
+    /// The flagged segments' time ranges, absolute seconds, in time order (absent in documents
+    /// written before it was recorded).
+    #[serde(default)]
+    pub flagged_spans: Vec<FlaggedSpan>,
+}
+
+/// A time range of a video that a moderation category flagged.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlaggedSpan {
+    /// The segment's index.
+    pub segment_index: u32,
+    /// Absolute start, seconds.
+    pub start_s: f64,
+    /// Absolute end, seconds.
+    pub end_s: f64,
 }
 
 /// The task as stored: the questions asked and its hash.
@@ -213,6 +228,14 @@ pub struct VideoDocument {
     pub segments: Vec<SegmentRecord>,
     /// Per moderation category, the video-level verdict, most severe flagged first.
     pub moderation: Vec<CategorySummary>,
+    /// The pass that wrote the document; absent in documents written before it was recorded.
+    /// A later pass that finds the document skips the video and says so in its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_id: Option<String>,
+    /// When the document was written, milliseconds since the Unix epoch: among documents of one
+    /// video and task, the newest wins in the tables (absent in older documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_at_ms: Option<i64>,
 }
 
 impl VideoDocument {
@@ -287,11 +310,19 @@ impl VideoDocumentBuilder {
             geometry,
             segments: Vec::new(),
             moderation: Vec::new(),
+            pass_id: None,
+            written_at_ms: None,
         };
         Self {
             document,
             clocks: Vec::new(),
         }
+    }
+
+    /// Records which pass writes the document, and when.
+    pub fn written_by(&mut self, pass_id: impl Into<String>, written_at_ms: i64) {
+        self.document.pass_id = Some(pass_id.into());
+        self.document.written_at_ms = Some(written_at_ms);
     }
 
     /// Adds a segment; segments must come in increasing index order.
@@ -406,33 +437,94 @@ impl VideoDocumentBuilder {
 
     /// Finishes the document: computes the video-level moderation summary.
     pub fn finish(mut self) -> VideoDocument {
-        let mut summaries = Vec::new();
-        if let Some(policy) = &self.document.task.task.policy {
-            for category in &policy.categories {
-                let flagged_segments: Vec<u32> = self
-                    .document
-                    .segments
-                    .iter()
-                    .filter(|segment| {
-                        segment.answers.iter().any(|answer| {
-                            answer
-                                .verdict
-                                .as_ref()
-                                .is_some_and(|v| v.category == category.name && v.flagged)
-                        })
-                    })
-                    .map(|segment| segment.index)
-                    .collect();
-                summaries.push(CategorySummary {
-                    category: category.name.clone(),
-                    severity: category.severity,
-                    flagged: !flagged_segments.is_empty(),
-                    flagged_segments,
-                });
-            }
-        }
-        summaries.sort_by(|a, b| b.flagged.cmp(&a.flagged).then(b.severity.cmp(&a.severity)));
-        self.document.moderation = summaries;
+        self.document.moderation =
+            moderation_summaries(&self.document.task.task, &self.document.segments);
         self.document
     }
+}
+
+/// The video-level verdict per moderation category of a task over the given segments: flagged
+/// when any segment's answer is, with the flagged segments and their time ranges; most severe
+/// flagged category first.
+pub fn moderation_summaries(
+    task: &QuestionPlan,
+    segments: &[SegmentRecord],
+) -> Vec<CategorySummary> {
+    let mut summaries = Vec::new();
+    if let Some(policy) = &task.policy {
+        for category in &policy.categories {
+            let flagged: Vec<&SegmentRecord> = segments
+                .iter()
+                .filter(|segment| {
+                    segment.answers.iter().any(|answer| {
+                        answer
+                            .verdict
+                            .as_ref()
+                            .is_some_and(|v| v.category == category.name && v.flagged)
+                    })
+                })
+                .collect();
+            summaries.push(CategorySummary {
+                category: category.name.clone(),
+                severity: category.severity,
+                flagged: !flagged.is_empty(),
+                flagged_segments: flagged.iter().map(|segment| segment.index).collect(),
+                flagged_spans: flagged
+                    .iter()
+                    .map(|segment| FlaggedSpan {
+                        segment_index: segment.index,
+                        start_s: segment.start_s,
+                        end_s: segment.end_s,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    summaries.sort_by(|a, b| b.flagged.cmp(&a.flagged).then(b.severity.cmp(&a.severity)));
+    summaries
+}
+
+/// Puts a split video's document together from its segments' parts (any order): every segment
+/// in time order, answers per segment as each part recorded them (claims already in absolute
+/// time), moderation rolled up over the whole video. The parts must describe the same video,
+/// model and task, and cover segments `0..segment_count` exactly once each.
+pub fn assemble_video(mut parts: Vec<VideoDocument>, segment_count: u32) -> Result<VideoDocument> {
+    let Some(first) = parts.first() else {
+        return Err(Error::InvalidDocument(
+            "no segment parts to assemble".into(),
+        ));
+    };
+    let (video, model, task_hash) = (
+        first.video.clone(),
+        first.model.clone(),
+        first.task.hash.clone(),
+    );
+    for part in &parts {
+        if part.video != video
+            || part.task.hash != task_hash
+            || part.model.id != model.id
+            || part.model.revision != model.revision
+        {
+            return Err(Error::InvalidDocument(format!(
+                "part of {} does not match the video, model and task of {}",
+                part.video.url, video.url
+            )));
+        }
+    }
+    let mut segments: Vec<SegmentRecord> = parts
+        .iter_mut()
+        .flat_map(|part| std::mem::take(&mut part.segments))
+        .collect();
+    segments.sort_by_key(|segment| segment.index);
+    let indexes: Vec<u32> = segments.iter().map(|segment| segment.index).collect();
+    if indexes != (0..segment_count).collect::<Vec<u32>>() {
+        return Err(Error::InvalidDocument(format!(
+            "parts of {} hold segments {indexes:?}, not 0..{segment_count}",
+            video.url
+        )));
+    }
+    let mut document = parts.swap_remove(0);
+    document.moderation = moderation_summaries(&document.task.task, &segments);
+    document.segments = segments;
+    Ok(document)
 }

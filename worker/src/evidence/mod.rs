@@ -4,9 +4,11 @@
 //! [`parse`] turns each raw answer into claims (object, boxes, time) and records what it dropped;
 //! [`mapping`] takes boxes and times back to the source video; [`document`] assembles the per-video
 //! JSON document; [`store`] writes it (and sampled-frame thumbnails) atomically under a key that is a
-//! pure function of video, model and task. At the end of a pass [`table`] and [`store`] write the
-//! corpus-level claims and answers tables (JSON Lines and Parquet), the pass manifest, and a new
-//! generation of the tantivy search index ([`search_index`], stored by [`search_store`]). [`search`]
+//! pure function of video, model and task (a split video's segments write parts that one
+//! designated job assembles into the video's document). At the end of a pass [`table`] and
+//! [`store`] write the pass's parts of the corpus-level claims and answers tables (Parquet), the
+//! pass manifest, and a new generation of the tantivy search index ([`search_index`], stored by
+//! [`search_store`]). [`search`]
 //! and [`report`] read the index back. The layout is documented in `SCHEMA.md` beside this file.
 //!
 //! A worker indexing one video:
@@ -14,7 +16,7 @@
 //! ```text
 //! let index = EvidenceIndex::from_url("s3://bucket/index")?;
 //! let key = index.document_key(&video, &model_info, &plan.hash());
-//! if index.is_indexed(&key).await? { /* record AlreadyIndexed and move on */ }
+//! if index.is_indexed(&key).await? { /* skipped: done, no byte of the video read */ }
 //! // `model` is a `vidx_model::OpenO3Video`; `plan` the pass's `QuestionPlan`
 //! let mut builder = VideoDocumentBuilder::new(DocumentHeader { video, probe, model, task, geometry });
 //! for segment in segments {
@@ -47,8 +49,9 @@ pub mod table;
 pub mod task;
 
 pub use document::{
-    AnswerRecord, ClaimRecord, FrameRecord, ModelInfo, ProbeFacts, SCHEMA_VERSION, SegmentRecord,
-    VideoDocument, VideoDocumentBuilder, VideoIdentity,
+    AnswerRecord, CategorySummary, ClaimRecord, FlaggedSpan, FrameRecord, ModelInfo, ProbeFacts,
+    SCHEMA_VERSION, SegmentRecord, VideoDocument, VideoDocumentBuilder, VideoIdentity,
+    assemble_video,
 };
 pub use mapping::{FrameGeometry, MappedClaim, Rotation, SegmentClock};
 pub use parse::{

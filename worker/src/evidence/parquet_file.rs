@@ -1,6 +1,7 @@
 //! Parquet files of the corpus tables: the rows of [`super::table`] written column by column
 //! (flat schema, dictionary encoding, no compression, bounded row groups), readable by DuckDB,
-//! Spark and pandas. The row types and JSON Lines live in `table.rs`; only the encoding is here.
+//! Spark and pandas, and read back with the record reader ([`rows_from_parquet`]). The row types
+//! live in `table.rs`; only the encoding is here.
 
 use std::sync::Arc;
 
@@ -262,6 +263,8 @@ pub fn claims_to_parquet(rows: &[ClaimRow]) -> Result<Vec<u8>> {
         .optional_text("category", |row| row.category.as_ref())
         .optional_bool("flagged", |row| row.flagged)
         .optional_text("severity", |row| row.severity.as_ref())
+        .optional_text("pass_id", |row| row.pass_id.as_ref())
+        .optional_int("written_at_ms", |row| row.written_at_ms)
         .write("claims")
 }
 
@@ -287,5 +290,49 @@ pub fn answers_to_parquet(rows: &[AnswerRow]) -> Result<Vec<u8>> {
         .optional_text("category", |row| row.category.as_ref())
         .optional_bool("flagged", |row| row.flagged)
         .optional_text("severity", |row| row.severity.as_ref())
+        .optional_text("pass_id", |row| row.pass_id.as_ref())
+        .optional_int("written_at_ms", |row| row.written_at_ms)
         .write("answers")
+}
+
+/// Decodes a Parquet file written by [`claims_to_parquet`] or [`answers_to_parquet`] (or by
+/// DuckDB with the same column names) into rows, matching columns to fields by name; a column
+/// the row type does not know is ignored, a missing optional one reads as absent.
+pub fn rows_from_parquet<R: serde::de::DeserializeOwned>(
+    bytes: bytes::Bytes,
+    name: &str,
+) -> Result<Vec<R>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let corrupt = |reason: String| Error::Corrupt {
+        key: name.to_owned(),
+        reason,
+    };
+    let reader = SerializedFileReader::new(bytes)?;
+    let mut rows = Vec::new();
+    for (number, row) in reader.get_row_iter(None)?.enumerate() {
+        let row = row?;
+        let mut object = serde_json::Map::new();
+        for (column, field) in row.get_column_iter() {
+            let value = match field {
+                Field::Null => serde_json::Value::Null,
+                Field::Bool(value) => serde_json::Value::Bool(*value),
+                Field::Int(value) => serde_json::Value::from(*value),
+                Field::Long(value) => serde_json::Value::from(*value),
+                Field::Float(value) => serde_json::Value::from(f64::from(*value)),
+                Field::Double(value) => serde_json::Value::from(*value),
+                Field::Str(value) => serde_json::Value::String(value.clone()),
+                other => {
+                    return Err(corrupt(format!(
+                        "row {number}: column {column} holds an unsupported value {other}"
+                    )));
+                }
+            };
+            object.insert(column.clone(), value);
+        }
+        let row = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|error| corrupt(format!("row {number}: {error}")))?;
+        rows.push(row);
+    }
+    Ok(rows)
 }

@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! videos/{video_id}/{run_id}/evidence.json             one document per video, model and task
+//! videos/{video_id}/{run_id}/parts/s{SSSS}.json        a split video's segment parts
 //! videos/{video_id}/{run_id}/frames/s{SSSS}_f{FFF}.{jpg|png}   sampled-frame thumbnails
-//! table/claims.jsonl  table/claims.parquet             one row per claim, whole corpus
-//! table/answers.jsonl table/answers.parquet            one row per answer, whole corpus
+//! table/claims/part-{pass_id}.parquet                  one row per claim, one part per pass
+//! table/answers/part-{pass_id}.parquet                 one row per answer, one part per pass
 //! manifest.json                                        the latest pass's manifest
 //! passes/{pass_id}/manifest.json                       every pass's manifest
 //! search/index.json  search/files/...                  the tantivy search index (`search_store`)
@@ -19,6 +20,13 @@
 //! second version is left behind. Every object is written with one `put`, which object stores make
 //! atomic (the local file system store writes a temporary file and renames it). The document is
 //! written after its thumbnails, so a document that exists is complete.
+//!
+//! A video split into segments is processed by one job per segment; each writes its segment's
+//! part (and thumbnails, named by segment, in the video's directory), and the job the
+//! coordinator's segment counter designates puts the parts together into the video's document
+//! ([`EvidenceIndex::assemble_video`]). The tables accumulate: each pass adds parts holding the
+//! documents it wrote, and readers ([`EvidenceIndex::read_claims`]) see the union with the newest
+//! document per video and task winning.
 
 use std::sync::Arc;
 
@@ -30,10 +38,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity};
-use super::parquet_file::{answers_to_parquet, claims_to_parquet};
+use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity, assemble_video};
+use super::parquet_file::{answers_to_parquet, claims_to_parquet, rows_from_parquet};
 use super::search_index::{IndexWriterOptions, SearchIndex};
-use super::table::{AnswerRow, ClaimRow, from_jsonl, rows_for_document, to_jsonl};
+use super::table::{AnswerRow, ClaimRow, newest_per_video_task, rows_for_document};
 use super::task::{QuestionPlan, hex};
 use super::{Error, Result};
 
@@ -41,14 +49,10 @@ use super::{Error, Result};
 pub const DOCUMENT_FILE: &str = "evidence.json";
 /// Schema tag of pass manifests.
 pub const MANIFEST_SCHEMA: &str = "vidx.manifest/v1";
-/// Claims table, JSON Lines, relative to the index prefix.
-pub const CLAIMS_JSONL: &str = "table/claims.jsonl";
-/// Claims table, Parquet.
-pub const CLAIMS_PARQUET: &str = "table/claims.parquet";
-/// Answers table, JSON Lines.
-pub const ANSWERS_JSONL: &str = "table/answers.jsonl";
-/// Answers table, Parquet.
-pub const ANSWERS_PARQUET: &str = "table/answers.parquet";
+/// Directory of the claims table's parts, relative to the index prefix.
+pub const CLAIMS_PARTS: &str = "table/claims";
+/// Directory of the answers table's parts.
+pub const ANSWERS_PARTS: &str = "table/answers";
 /// The latest pass's manifest.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -66,6 +70,16 @@ pub fn run_id(model: &ModelInfo, task_hash: &str) -> String {
     hex(&hasher.finalize()[..16])
 }
 
+/// Name of a pass's table part in a table's directory: `part-{pass_id}.parquet`.
+pub fn table_part_name(pass_id: &str) -> String {
+    format!("part-{}.parquet", sanitize_segment(pass_id))
+}
+
+/// Name of a segment's part relative to the video document's directory: `parts/s0003.json`.
+pub fn segment_part_name(segment_index: u32) -> String {
+    format!("parts/s{segment_index:04}.json")
+}
+
 /// Name of a thumbnail relative to its document's directory: `frames/s0003_f002.jpg`.
 pub fn thumbnail_name(segment_index: u32, frame_index: usize, extension: &str) -> String {
     format!("frames/s{segment_index:04}_f{frame_index:03}.{extension}")
@@ -80,8 +94,10 @@ pub enum OutcomeStatus {
         /// Key of the document written.
         document_key: String,
     },
-    /// Found already indexed; skipped.
-    AlreadyIndexed {
+    /// Found already indexed (a document of this video, model and task written by an earlier
+    /// pass); skipped without reading the video.
+    #[serde(alias = "already_indexed")]
+    Skipped {
         /// Key of the existing document.
         document_key: String,
     },
@@ -121,8 +137,9 @@ pub struct PassManifest {
     pub videos: Vec<VideoOutcome>,
     /// Videos indexed in this pass.
     pub indexed: usize,
-    /// Videos found already indexed.
-    pub already_indexed: usize,
+    /// Videos found already indexed and skipped.
+    #[serde(alias = "already_indexed")]
+    pub skipped: usize,
     /// Videos that failed.
     pub failed: usize,
     /// Rows in the claims table written at the end of the pass.
@@ -142,7 +159,7 @@ impl PassManifest {
             task_hash: task.hash(),
             videos: Vec::new(),
             indexed: 0,
-            already_indexed: 0,
+            skipped: 0,
             failed: 0,
             claim_rows: 0,
             answer_rows: 0,
@@ -153,7 +170,7 @@ impl PassManifest {
     pub fn record(&mut self, url: impl Into<String>, status: OutcomeStatus) {
         match status {
             OutcomeStatus::Indexed { .. } => self.indexed += 1,
-            OutcomeStatus::AlreadyIndexed { .. } => self.already_indexed += 1,
+            OutcomeStatus::Skipped { .. } => self.skipped += 1,
             OutcomeStatus::Failed { .. } => self.failed += 1,
         }
         self.videos.push(VideoOutcome {
@@ -168,8 +185,19 @@ impl PassManifest {
             .iter()
             .filter_map(|video| match &video.status {
                 OutcomeStatus::Indexed { document_key }
-                | OutcomeStatus::AlreadyIndexed { document_key } => Some(document_key.clone()),
+                | OutcomeStatus::Skipped { document_key } => Some(document_key.clone()),
                 OutcomeStatus::Failed { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Keys of the documents this pass wrote: what its table parts hold.
+    pub fn indexed_document_keys(&self) -> Vec<String> {
+        self.videos
+            .iter()
+            .filter_map(|video| match &video.status {
+                OutcomeStatus::Indexed { document_key } => Some(document_key.clone()),
+                _ => None,
             })
             .collect()
     }
@@ -316,6 +344,60 @@ impl EvidenceIndex {
         Ok(key)
     }
 
+    /// The key of a segment's part next to its video's document.
+    pub fn part_key(document_key: &Path, segment_index: u32) -> Path {
+        Self::thumbnail_key(document_key, &segment_part_name(segment_index))
+    }
+
+    /// Writes a split video's segment part (a document holding that one segment) next to the
+    /// video's document key; returns the part's key.
+    pub async fn write_part(&self, part: &VideoDocument) -> Result<Path> {
+        let [segment] = part.segments.as_slice() else {
+            return Err(Error::InvalidDocument(format!(
+                "a part holds one segment, not {}",
+                part.segments.len()
+            )));
+        };
+        let document_key = self.document_key(&part.video, &part.model, &part.task.hash);
+        let key = Self::part_key(&document_key, segment.index);
+        let bytes = serde_json::to_vec_pretty(part)?;
+        self.put(&key, Bytes::from(bytes), "application/json")
+            .await?;
+        info!(%key, url = %part.video.url, segment = segment.index, "segment part written");
+        Ok(key)
+    }
+
+    /// Reads the `segment_count` parts of a split video, puts them together
+    /// ([`assemble_video`]), and writes the video's document, recording the pass that did it.
+    /// Safe to repeat: a second assembly writes the same document again.
+    pub async fn assemble_video(
+        &self,
+        document_key: &Path,
+        segment_count: u32,
+        pass_id: &str,
+        written_at_ms: i64,
+    ) -> Result<Path> {
+        let parts: Vec<VideoDocument> = futures::stream::iter(0..segment_count)
+            .map(|index| async move {
+                self.read_document(&Self::part_key(document_key, index))
+                    .await
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut document = assemble_video(parts, segment_count)?;
+        document.pass_id = Some(pass_id.to_owned());
+        document.written_at_ms = Some(written_at_ms);
+        let written = self.write_document(&document).await?;
+        if written != *document_key {
+            return Err(Error::InvalidDocument(format!(
+                "parts under {document_key} describe the document {written}"
+            )));
+        }
+        info!(key = %written, segments = segment_count, "video document assembled");
+        Ok(written)
+    }
+
     /// Reads the raw bytes of an object.
     pub async fn get_bytes(&self, key: &Path) -> Result<Bytes> {
         Ok(self.store.get(key).await?.bytes().await?)
@@ -336,6 +418,11 @@ impl EvidenceIndex {
             });
         }
         Ok(document)
+    }
+
+    /// Reads the document stored under a full key given as text (a job's result).
+    pub async fn read_document_at(&self, key: &str) -> Result<VideoDocument> {
+        self.read_document(&Path::from(key)).await
     }
 
     /// Keys of every document in the index, sorted.
@@ -381,9 +468,11 @@ impl EvidenceIndex {
         Ok(rows)
     }
 
-    /// Writes the corpus tables (JSON Lines and Parquet), replacing the previous ones.
+    /// Writes a pass's parts of the corpus tables (Parquet), replacing only that pass's earlier
+    /// parts: every other pass's rows stay.
     pub async fn write_tables(
         &self,
+        pass_id: &str,
         claims: Vec<ClaimRow>,
         answers: Vec<AnswerRow>,
     ) -> Result<TableCounts> {
@@ -391,37 +480,33 @@ impl EvidenceIndex {
             claims: claims.len(),
             answers: answers.len(),
         };
-        let encoded = tokio::task::spawn_blocking(
-            move || -> Result<[(Vec<u8>, &'static str, &'static str); 4]> {
+        let encoded =
+            tokio::task::spawn_blocking(move || -> Result<[(Vec<u8>, &'static str); 2]> {
                 Ok([
-                    (to_jsonl(&claims)?, CLAIMS_JSONL, "application/x-ndjson"),
-                    (
-                        claims_to_parquet(&claims)?,
-                        CLAIMS_PARQUET,
-                        "application/vnd.apache.parquet",
-                    ),
-                    (to_jsonl(&answers)?, ANSWERS_JSONL, "application/x-ndjson"),
-                    (
-                        answers_to_parquet(&answers)?,
-                        ANSWERS_PARQUET,
-                        "application/vnd.apache.parquet",
-                    ),
+                    (claims_to_parquet(&claims)?, CLAIMS_PARTS),
+                    (answers_to_parquet(&answers)?, ANSWERS_PARTS),
                 ])
-            },
-        )
-        .await??;
-        for (bytes, name, content_type) in encoded {
-            self.put(&self.key(name), Bytes::from(bytes), content_type)
-                .await?;
+            })
+            .await??;
+        let part = table_part_name(pass_id);
+        for (bytes, dir) in encoded {
+            self.put(
+                &self.key(&format!("{dir}/{part}")),
+                Bytes::from(bytes),
+                "application/vnd.apache.parquet",
+            )
+            .await?;
         }
         Ok(counts)
     }
 
-    /// Ends a pass: builds the corpus tables from every document the manifest covers, writes them,
-    /// adds those rows to the search index (replacing earlier rows of the same videos × tasks),
-    /// then writes the manifest (as `manifest.json` and under `passes/{pass_id}/`).
+    /// Ends a pass: builds the pass's table parts from the documents it wrote (skipped videos'
+    /// rows are in the parts of the passes that wrote them), writes them, adds those rows to the
+    /// search index (replacing earlier rows of the same videos × tasks), then writes the manifest
+    /// (as `manifest.json` and under `passes/{pass_id}/`). Safe to repeat: a second run
+    /// overwrites the same objects and replaces the same rows.
     pub async fn finish_pass(&self, mut manifest: PassManifest) -> Result<PassManifest> {
-        let keys = manifest.document_keys();
+        let keys = manifest.indexed_document_keys();
         let (claims, answers) = self.collect_rows(&keys).await?;
         // The search index replaces the rows of this pass's videos × tasks and keeps the rest.
         SearchIndex::update(
@@ -432,7 +517,9 @@ impl EvidenceIndex {
             &IndexWriterOptions::default(),
         )
         .await?;
-        let counts = self.write_tables(claims, answers).await?;
+        let counts = self
+            .write_tables(&manifest.pass_id, claims, answers)
+            .await?;
         manifest.claim_rows = counts.claims;
         manifest.answer_rows = counts.answers;
         let bytes = Bytes::from(serde_json::to_vec_pretty(&manifest)?);
@@ -447,7 +534,7 @@ impl EvidenceIndex {
         info!(
             pass_id = %manifest.pass_id,
             indexed = manifest.indexed,
-            already_indexed = manifest.already_indexed,
+            skipped = manifest.skipped,
             failed = manifest.failed,
             claim_rows = counts.claims,
             "pass finished"
@@ -465,23 +552,49 @@ impl EvidenceIndex {
         })
     }
 
-    /// Reads the claims table (JSON Lines).
+    /// Reads every part of a table, in key order, as rows.
+    async fn read_parts<R>(&self, dir: &str) -> Result<Vec<R>>
+    where
+        R: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let prefix = self.key(dir);
+        let mut keys: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|meta| async move {
+                Ok(meta
+                    .location
+                    .filename()
+                    .is_some_and(|name| name.starts_with("part-") && name.ends_with(".parquet"))
+                    .then_some(meta.location))
+            })
+            .try_collect()
+            .await?;
+        keys.sort();
+        let mut rows = Vec::new();
+        for key in keys {
+            let bytes = self.get_bytes(&key).await?;
+            let name = key.to_string();
+            let part: Vec<R> =
+                tokio::task::spawn_blocking(move || rows_from_parquet(bytes, &name)).await??;
+            rows.extend(part);
+        }
+        Ok(rows)
+    }
+
+    /// Reads the claims table: every pass's part, the newest document per video and task winning.
     pub async fn read_claims(&self) -> Result<Vec<ClaimRow>> {
-        let key = self.key(CLAIMS_JSONL);
-        let bytes = self.get_bytes(&key).await?;
-        let name = key.to_string();
-        tokio::task::spawn_blocking(move || from_jsonl(&bytes, &name)).await?
+        let rows = self.read_parts::<ClaimRow>(CLAIMS_PARTS).await?;
+        Ok(newest_per_video_task(rows))
     }
 
-    /// Reads the answers table (JSON Lines).
+    /// Reads the answers table like [`EvidenceIndex::read_claims`].
     pub async fn read_answers(&self) -> Result<Vec<AnswerRow>> {
-        let key = self.key(ANSWERS_JSONL);
-        let bytes = self.get_bytes(&key).await?;
-        let name = key.to_string();
-        tokio::task::spawn_blocking(move || from_jsonl(&bytes, &name)).await?
+        let rows = self.read_parts::<AnswerRow>(ANSWERS_PARTS).await?;
+        Ok(newest_per_video_task(rows))
     }
 
-    /// The full key of a name relative to the index prefix (`table/claims.parquet`).
+    /// The full key of a name relative to the index prefix (`table/claims/part-p1.parquet`).
     pub fn relative_key(&self, relative: &str) -> Path {
         self.key(relative)
     }

@@ -1,4 +1,6 @@
-//! The corpus-level tables: one row per claim and one row per answer, in JSON Lines and Parquet.
+//! The corpus-level tables: one row per claim and one row per answer, in Parquet parts, one per
+//! pass (`table/claims/part-{pass}.parquet`); readers see the union with the newest document per
+//! video and task winning ([`newest_per_video_task`]).
 //!
 //! The claims table is what DuckDB, pandas or Spark read to ask "where does a red car appear";
 //! the answers table carries each answer's text, reasoning and moderation verdict (answers without
@@ -6,11 +8,9 @@
 //! files use plain (flat) columns, dictionary encoding and no compression, and are written with the
 //! `parquet` crate's low-level writer so that no Arrow build is needed ([`super::parquet_file`]).
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::document::VideoDocument;
-use super::{Error, Result};
 
 /// One claim: an object seen in a box at a time, with the answer it supports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,13 @@ pub struct ClaimRow {
     pub flagged: Option<bool>,
     /// Category severity.
     pub severity: Option<String>,
+    /// The pass that wrote the document (absent for documents that did not record it).
+    #[serde(default)]
+    pub pass_id: Option<String>,
+    /// When the document was written, ms since the Unix epoch: the newest document of a video
+    /// and task wins ([`newest_per_video_task`]).
+    #[serde(default)]
+    pub written_at_ms: Option<i64>,
 }
 
 /// One answer to one question over one segment.
@@ -114,6 +121,13 @@ pub struct AnswerRow {
     pub flagged: Option<bool>,
     /// Category severity.
     pub severity: Option<String>,
+    /// The pass that wrote the document (absent for documents that did not record it).
+    #[serde(default)]
+    pub pass_id: Option<String>,
+    /// When the document was written, ms since the Unix epoch: the newest document of a video
+    /// and task wins ([`newest_per_video_task`]).
+    #[serde(default)]
+    pub written_at_ms: Option<i64>,
 }
 
 fn severity_label(severity: super::task::Severity) -> String {
@@ -179,6 +193,8 @@ pub fn rows_for_document(
                 category: category.clone(),
                 flagged,
                 severity: severity.clone(),
+                pass_id: document.pass_id.clone(),
+                written_at_ms: document.written_at_ms,
             });
             for (claim_index, claim) in record.claims.iter().enumerate() {
                 let first = claim.boxes.first();
@@ -223,6 +239,8 @@ pub fn rows_for_document(
                     category: category.clone(),
                     flagged,
                     severity: severity.clone(),
+                    pass_id: document.pass_id.clone(),
+                    written_at_ms: document.written_at_ms,
                 });
             }
         }
@@ -230,28 +248,110 @@ pub fn rows_for_document(
     (claims, answers)
 }
 
-/// Encodes rows as JSON Lines.
-pub fn to_jsonl<T: Serialize>(rows: &[T]) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    for row in rows {
-        serde_json::to_writer(&mut bytes, row)?;
-        bytes.push(b'\n');
-    }
-    Ok(bytes)
+/// What identifies a row's document for [`newest_per_video_task`].
+pub trait DocumentRow {
+    /// `(video_id, task_hash)`: rows of one video and task compete.
+    fn video_task(&self) -> (&str, &str);
+    /// `(written_at_ms, document_key)`: the greatest wins.
+    fn recency(&self) -> (Option<i64>, &str);
 }
 
-/// Decodes JSON Lines; blank lines are skipped, a bad line is an error naming its number.
-pub fn from_jsonl<T: DeserializeOwned>(bytes: &[u8], key: &str) -> Result<Vec<T>> {
-    let mut rows = Vec::new();
-    for (number, line) in bytes.split(|&byte| byte == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let row = serde_json::from_slice(line).map_err(|error| Error::Corrupt {
-            key: key.to_owned(),
-            reason: format!("line {}: {error}", number + 1),
-        })?;
-        rows.push(row);
+impl DocumentRow for ClaimRow {
+    fn video_task(&self) -> (&str, &str) {
+        (&self.video_id, &self.task_hash)
     }
-    Ok(rows)
+    fn recency(&self) -> (Option<i64>, &str) {
+        (self.written_at_ms, &self.document_key)
+    }
+}
+
+impl DocumentRow for AnswerRow {
+    fn video_task(&self) -> (&str, &str) {
+        (&self.video_id, &self.task_hash)
+    }
+    fn recency(&self) -> (Option<i64>, &str) {
+        (self.written_at_ms, &self.document_key)
+    }
+}
+
+/// Keeps, for every video and task, the rows of its newest document only (greatest
+/// `written_at_ms`, then document key): the union of every pass's table part as readers see it.
+/// A pass's part holds only the documents that pass wrote, so one document version is in one
+/// part. Row order is kept.
+pub fn newest_per_video_task<R: DocumentRow>(rows: Vec<R>) -> Vec<R> {
+    use std::collections::HashMap;
+    let mut newest: HashMap<(String, String), (Option<i64>, String)> = HashMap::new();
+    for row in &rows {
+        let (video, task) = row.video_task();
+        let (at, key) = row.recency();
+        let entry = newest
+            .entry((video.to_owned(), task.to_owned()))
+            .or_insert_with(|| (at, key.to_owned()));
+        if (at, key) > (entry.0, entry.1.as_str()) {
+            *entry = (at, key.to_owned());
+        }
+    }
+    rows.into_iter()
+        .filter(|row| {
+            let (video, task) = row.video_task();
+            let (at, key) = row.recency();
+            newest
+                .get(&(video.to_owned(), task.to_owned()))
+                .is_some_and(|(best_at, best_key)| *best_at == at && best_key == key)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(video: &str, task: &str, key: &str, at: Option<i64>) -> AnswerRow {
+        AnswerRow {
+            video_id: video.into(),
+            video_url: format!("s3://v/{video}.mp4"),
+            document_key: key.into(),
+            model_id: "m".into(),
+            model_revision: "r".into(),
+            task_hash: task.into(),
+            segment_index: 0,
+            segment_start_s: 0.0,
+            segment_end_s: 1.0,
+            question_id: "q".into(),
+            question_kind: "free_form".into(),
+            question: "?".into(),
+            answer: None,
+            think: None,
+            claim_count: 0,
+            dropped_count: 0,
+            category: None,
+            flagged: None,
+            severity: None,
+            pass_id: None,
+            written_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_newest_document_per_video_and_task_wins() {
+        let rows = vec![
+            row("a", "t1", "old", Some(1)),
+            row("a", "t1", "old", Some(1)),
+            row("a", "t2", "other-task", Some(1)),
+            row("a", "t1", "new", Some(2)),
+            row("b", "t1", "legacy", None),
+        ];
+        let kept: Vec<(String, String)> = newest_per_video_task(rows)
+            .into_iter()
+            .map(|row| (row.video_id, row.document_key))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a".to_owned(), "other-task".to_owned()),
+                ("a".to_owned(), "new".to_owned()),
+                ("b".to_owned(), "legacy".to_owned()),
+            ]
+        );
+    }
 }

@@ -10,7 +10,9 @@
 //!   number), `next` (first never-leased job number), `order`, the result template;
 //!   `P:pass:ID:s:STATE` sorted sets of job numbers in the rare states (leased, failed, dead);
 //!   `P:pass:ID:err` last error per job number; `P:pass:ID:errors` recent failures;
-//!   `P:pass:ID:rate` completions per 10 s bucket; `P:pass:ID:planner` the planning lock.
+//!   `P:pass:ID:rate` completions per 10 s bucket; `P:pass:ID:planner` the planning lock;
+//!   `P:pass:ID:seg` the segments counted per video and who assembles it; `P:pass:ID:final`
+//!   the finalization claim, or `done`.
 //! - `P:j:ID:B` job records, 64 per hash; `P:d:ID:B` the de-duplication index while planning.
 //! - Queues: `P:runnable` (passes with never-leased jobs, oldest first), `P:requeue` (jobs sent
 //!   back by a reap or a due retry), `P:delayed` (retry time), `P:leases` (deadline) sorted sets,
@@ -31,8 +33,8 @@ use self::codec::{
     encode_where, parse_job_id, split_record, split_rest, url_base,
 };
 use super::{
-    Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state, page_token,
-    segment_jobs, throughput, validate_segments,
+    Created, FinalizeClaim, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state,
+    page_token, segment_jobs, throughput, validate_segment_count, validate_segments,
 };
 use crate::error::{Error, Result};
 use crate::store::memory::{jobs_scope, new_pass_id};
@@ -63,6 +65,9 @@ struct Scripts {
     release: Script,
     reap: Script,
     list: Script,
+    count_segment: Script,
+    claim_finalization: Script,
+    finish_finalization: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -84,6 +89,9 @@ impl Scripts {
             release: script(include_str!("lua/release.lua")),
             reap: script(include_str!("lua/reap.lua")),
             list: script(include_str!("lua/list.lua")),
+            count_segment: script(include_str!("lua/count_segment.lua")),
+            claim_finalization: script(include_str!("lua/claim_finalization.lua")),
+            finish_finalization: script(include_str!("lua/finish_finalization.lua")),
         }
     }
 }

@@ -544,7 +544,7 @@ impl JobStore for RedisStore {
                 u64::from(DEDUP_BUCKETS),
             )
             .await?;
-            let mut keys: Vec<String> = ["errors", "rate", "planner", "err"]
+            let mut keys: Vec<String> = ["errors", "rate", "planner", "err", "seg", "final"]
                 .iter()
                 .map(|suffix| format!("{pass_key}:{suffix}"))
                 .collect();
@@ -574,5 +574,63 @@ impl JobStore for RedisStore {
             expired.push(pass_id);
         }
         Ok(expired)
+    }
+
+    async fn count_segment(
+        &self,
+        pass_id: &str,
+        video_key: &str,
+        segment_index: u32,
+        segment_count: u32,
+    ) -> Result<bool> {
+        validate_segment_count(video_key, segment_index, segment_count)?;
+        let reply = checked(
+            self.run(
+                &self.scripts.count_segment,
+                &[
+                    pass_id,
+                    video_key,
+                    &segment_index.to_string(),
+                    &segment_count.to_string(),
+                ],
+            )
+            .await?,
+            || format!("pass {pass_id}"),
+        )?;
+        Ok(reply.get(1).map(String::as_str) == Some("1"))
+    }
+
+    async fn claim_finalization(
+        &self,
+        pass_id: &str,
+        holder: &str,
+        ttl_ms: i64,
+        _now_ms: i64,
+    ) -> Result<FinalizeClaim> {
+        let reply = checked(
+            self.run(
+                &self.scripts.claim_finalization,
+                &[pass_id, holder, &ttl_ms.max(1).to_string()],
+            )
+            .await?,
+            || format!("pass {pass_id}"),
+        )?;
+        match reply.get(1).map(String::as_str) {
+            Some("claimed") => Ok(FinalizeClaim::Claimed),
+            Some("busy") => Ok(FinalizeClaim::Busy),
+            Some("done") => Ok(FinalizeClaim::Done),
+            other => Err(Error::Corrupt(format!(
+                "unexpected finalization reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn finish_finalization(&self, pass_id: &str) -> Result<()> {
+        checked(
+            self.run(&self.scripts.finish_finalization, &[pass_id])
+                .await?,
+            || format!("pass {pass_id}"),
+        )?;
+        Ok(())
     }
 }

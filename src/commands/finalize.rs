@@ -1,0 +1,287 @@
+//! Finalizing a pass: its manifest (one line per video: indexed, skipped or failed with stage
+//! and reason) and its table parts. Three callers: `vidx index` at the end of its pass, every
+//! `vidx coordinator` replica's [`run_finalizer`] loop (automatic, exactly one replica per pass
+//! through the store's finalization claim), and `vidx finalize` to run it again by hand.
+//!
+//! Finalizing is safe to repeat: the manifest and the pass's table parts have fixed keys, so a
+//! second run (after a crash halfway, or by hand) overwrites them with the same content.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use vidx_coordinator::service::Coordinator;
+use vidx_coordinator::store::FinalizeClaim;
+use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
+use vidx_worker::evidence::store::{DOCUMENT_FILE, OutcomeStatus};
+use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
+use vidx_worker::video_job::question_plan;
+
+use crate::cli::FinalizeArgs;
+
+/// Documents read at once while deciding indexed or skipped.
+const READ_CONCURRENCY: usize = 16;
+/// How often a replica looks for finished passes to finalize.
+const FINALIZER_PERIOD: Duration = Duration::from_secs(2);
+/// How long a finalization claim lasts; a replica that crashes halfway loses it after this.
+const FINALIZE_CLAIM_MS: i64 = 10 * 60 * 1_000;
+/// Newest passes a finalizer looks at per round.
+const FINALIZER_PASSES: u32 = 100;
+
+/// Where one video of a pass ended up, from its jobs.
+enum VideoResult {
+    /// Its document's key.
+    Document(String),
+    /// It failed at this stage for this reason.
+    Failed { stage: String, reason: String },
+}
+
+/// Splits a job's error (`probe: not a video`) into its stage and reason.
+fn stage_and_reason(error: &str) -> (String, String) {
+    match error.split_once(": ") {
+        Some((stage, reason))
+            if !stage.is_empty()
+                && stage.len() <= 24
+                && stage.chars().all(|c| c.is_ascii_lowercase() || c == ' ') =>
+        {
+            (stage.to_owned(), reason.to_owned())
+        }
+        _ => ("job".to_owned(), error.to_owned()),
+    }
+}
+
+/// The key of a video document next to one of its segment parts or thumbnails
+/// (`videos/V/R/parts/s0001.json` gives `videos/V/R/evidence.json`).
+fn document_key_of(result_key: &str) -> String {
+    if result_key.ends_with(DOCUMENT_FILE) {
+        return result_key.to_owned();
+    }
+    let mut parts: Vec<&str> = result_key.split('/').collect();
+    parts.truncate(parts.len().saturating_sub(2));
+    parts.push(DOCUMENT_FILE);
+    parts.join("/")
+}
+
+/// One video's result from all its jobs (its probe job, and its segment jobs if it was split).
+fn video_result(jobs: &[&Job]) -> VideoResult {
+    if let Some(dead) = jobs.iter().find(|job| job.state == JobState::Dead) {
+        let (stage, reason) = stage_and_reason(dead.last_error.as_deref().unwrap_or("job: failed"));
+        return VideoResult::Failed { stage, reason };
+    }
+    if jobs.iter().any(|job| job.state == JobState::Cancelled) {
+        return VideoResult::Failed {
+            stage: "cancelled".into(),
+            reason: "pass cancelled".into(),
+        };
+    }
+    if let Some(open) = jobs.iter().find(|job| job.state != JobState::Done) {
+        return VideoResult::Failed {
+            stage: "unfinished".into(),
+            reason: format!("job still {}", open.state),
+        };
+    }
+    // A designated segment reports the video document; any other job names its part.
+    let keys: Vec<&String> = jobs
+        .iter()
+        .filter_map(|job| job.result_url.as_ref())
+        .collect();
+    match keys
+        .iter()
+        .find(|key| key.ends_with(DOCUMENT_FILE))
+        .or(keys.first())
+    {
+        Some(key) => VideoResult::Document(document_key_of(key)),
+        None => VideoResult::Failed {
+            stage: "job".into(),
+            reason: "done without a result".into(),
+        },
+    }
+}
+
+/// Writes the manifest (every video's outcome: indexed by this pass, skipped because an earlier
+/// pass indexed it, or failed with its stage and reason) and the pass's table parts. The model
+/// recorded is the one the workers wrote in the documents; `fallback_model` only when no
+/// document was written.
+pub async fn finalize_pass(
+    status: &PassStatus,
+    jobs: &[Job],
+    fallback_model: ModelInfo,
+) -> Result<PassManifest> {
+    let task = question_plan(&status.spec.task).context("the pass's task")?;
+    let index = EvidenceIndex::from_url(&status.spec.destination)?;
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_video: HashMap<&str, Vec<&Job>> = HashMap::new();
+    for job in jobs {
+        let url = job.spec.video_url.as_str();
+        by_video
+            .entry(url)
+            .or_insert_with(|| {
+                order.push(url);
+                Vec::new()
+            })
+            .push(job);
+    }
+    let results: Vec<(String, VideoResult)> = order
+        .iter()
+        .map(|url| ((*url).to_owned(), video_result(&by_video[url])))
+        .collect();
+    // Who wrote each document decides indexed or skipped; the documents also name the model.
+    let index_ref = &index;
+    let outcomes: Vec<(String, OutcomeStatus, Option<ModelInfo>)> = futures::stream::iter(results)
+        .map(|(url, result)| async move {
+            let (stage, reason) = match result {
+                VideoResult::Failed { stage, reason } => {
+                    return (url, OutcomeStatus::Failed { stage, reason }, None);
+                }
+                VideoResult::Document(key) => match index_ref.read_document_at(&key).await {
+                    Ok(document) => {
+                        let model = ModelInfo {
+                            device: None,
+                            dtype: None,
+                            ..document.model
+                        };
+                        let status = if document.pass_id.as_deref() == Some(status.pass_id.as_str())
+                        {
+                            OutcomeStatus::Indexed { document_key: key }
+                        } else {
+                            OutcomeStatus::Skipped { document_key: key }
+                        };
+                        return (url, status, Some(model));
+                    }
+                    Err(error) => ("write".to_owned(), format!("{key}: {error}")),
+                },
+            };
+            (url, OutcomeStatus::Failed { stage, reason }, None)
+        })
+        .buffered(READ_CONCURRENCY)
+        .collect()
+        .await;
+    let model = outcomes
+        .iter()
+        .find_map(|(_, _, model)| model.clone())
+        .unwrap_or(fallback_model);
+    let mut manifest = PassManifest::new(status.pass_id.clone(), model, &task);
+    for (url, outcome, _) in outcomes {
+        manifest.record(url, outcome);
+    }
+    Ok(index.finish_pass(manifest).await?)
+}
+
+/// Every job of a pass, from the coordinator in process.
+pub async fn all_jobs(coordinator: &Coordinator, pass_id: &str) -> Result<Vec<Job>> {
+    Ok(collect_pages(usize::MAX, |token, page_size| async move {
+        coordinator
+            .list_jobs(pass_id, None, page_size, token.as_deref())
+            .await
+    })
+    .await?)
+}
+
+/// The model recorded when no document names one.
+fn unknown_model(id: String, revision: String) -> ModelInfo {
+    ModelInfo {
+        id,
+        revision,
+        device: None,
+        dtype: None,
+    }
+}
+
+/// Finalizes every finished pass once, from any number of coordinator replicas: each round
+/// looks at the newest passes, takes the store's finalization claim for a finished one, writes
+/// its manifest and table parts, and marks it finalized. A replica that dies halfway loses its
+/// claim when it runs out, and another replica finalizes the pass again from the start.
+pub async fn run_finalizer(coordinator: Coordinator, replica: String, shutdown: CancellationToken) {
+    let mut finalized: HashSet<String> = HashSet::new();
+    loop {
+        if let Err(error) = finalize_round(&coordinator, &replica, &mut finalized).await {
+            warn!(%error, "finalizer round failed, will retry");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FINALIZER_PERIOD) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+async fn finalize_round(
+    coordinator: &Coordinator,
+    replica: &str,
+    finalized: &mut HashSet<String>,
+) -> Result<()> {
+    let passes = coordinator.list_passes(FINALIZER_PASSES, None).await?;
+    for status in passes.items {
+        if status.state != PassState::Finished || finalized.contains(&status.pass_id) {
+            continue;
+        }
+        let pass_id = status.pass_id.clone();
+        let claim = coordinator
+            .store()
+            .claim_finalization(&pass_id, replica, FINALIZE_CLAIM_MS, now_ms())
+            .await?;
+        match claim {
+            FinalizeClaim::Done => {
+                finalized.insert(pass_id);
+                continue;
+            }
+            FinalizeClaim::Busy => continue,
+            FinalizeClaim::Claimed => {}
+        }
+        let jobs = all_jobs(coordinator, &pass_id).await?;
+        let fallback = unknown_model("unknown".into(), "unknown".into());
+        match finalize_pass(&status, &jobs, fallback).await {
+            Ok(manifest) => {
+                coordinator.store().finish_finalization(&pass_id).await?;
+                info!(
+                    %pass_id,
+                    videos = manifest.videos.len(),
+                    indexed = manifest.indexed,
+                    skipped = manifest.skipped,
+                    failed = manifest.failed,
+                    "pass finalized"
+                );
+                finalized.insert(pass_id);
+            }
+            // The claim runs out and this or another replica tries again.
+            Err(error) => warn!(%pass_id, error = format!("{error:#}"), "cannot finalize pass"),
+        }
+    }
+    Ok(())
+}
+
+/// `vidx finalize`: writes a finished pass's manifest and table parts again.
+pub async fn finalize(args: FinalizeArgs) -> Result<()> {
+    let client = args.client.connect().await?;
+    let status = client.status(&args.pass_id).await?;
+    if !matches!(
+        status.state,
+        PassState::Finished | PassState::Cancelled | PassState::Failed
+    ) {
+        bail!(
+            "pass {} is {}: finalize it once it has finished",
+            args.pass_id,
+            status.state
+        );
+    }
+    let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
+    let fallback = unknown_model(args.model_id, args.model_revision);
+    let manifest = finalize_pass(&status, &jobs, fallback).await?;
+    println!(
+        "{} videos: {} indexed, {} skipped, {} failed; manifest and tables written under {}",
+        manifest.videos.len(),
+        manifest.indexed,
+        manifest.skipped,
+        manifest.failed,
+        status.spec.destination
+    );
+    Ok(())
+}
