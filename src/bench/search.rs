@@ -228,6 +228,8 @@ fn claim(rng: &mut Rng, row: usize) -> ClaimRow {
         category: moderation.then(|| "weapons".to_owned()),
         flagged,
         severity: moderation.then(|| "high".to_owned()),
+        pass_id: None,
+        written_at_ms: None,
     }
 }
 
@@ -264,6 +266,8 @@ fn answer(rng: &mut Rng, row: usize, videos: usize) -> AnswerRow {
         category: moderation.then(|| "weapons".to_owned()),
         flagged: moderation.then(|| noun == "knife"),
         severity: moderation.then(|| "high".to_owned()),
+        pass_id: None,
+        written_at_ms: None,
     }
 }
 

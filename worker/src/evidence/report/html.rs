@@ -151,7 +151,7 @@ fn render_pass(html: &mut String, pass: Option<&PassSummary>) {
         escape(&pass.model),
         escape(&pass.task_name),
         pass.indexed,
-        pass.already_indexed,
+        pass.skipped,
         pass.failed
     );
 }

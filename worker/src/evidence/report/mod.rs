@@ -89,7 +89,7 @@ pub struct PassSummary {
     /// Videos indexed in the pass.
     pub indexed: usize,
     /// Videos found already indexed.
-    pub already_indexed: usize,
+    pub skipped: usize,
     /// Videos that failed.
     pub failed: usize,
 }
@@ -116,7 +116,7 @@ impl ReportInput {
             model: format!("{} @ {}", manifest.model.id, manifest.model.revision),
             task_name: manifest.task_name.clone(),
             indexed: manifest.indexed,
-            already_indexed: manifest.already_indexed,
+            skipped: manifest.skipped,
             failed: manifest.failed,
         });
         self.failed = failed_videos(manifest);
