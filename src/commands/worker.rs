@@ -18,7 +18,7 @@ use vidx_model::{LoadOptions, OpenO3Video};
 use vidx_worker::evidence::store::OutcomeStatus;
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
 use vidx_worker::runtime::{self, WorkerConfig};
-use vidx_worker::video_job::{VideoJobRunner, question_plan};
+use vidx_worker::video_job::{VideoJobRunner, pass_plan};
 
 use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
 
@@ -231,7 +231,7 @@ pub async fn finalize_pass(
     jobs: &[Job],
     model: ModelInfo,
 ) -> Result<PassManifest> {
-    let task = question_plan(&status.spec.task).context("the pass's task")?;
+    let task = pass_plan(&status.spec).context("the pass's task")?;
     let index = EvidenceIndex::from_url(&status.spec.destination)?;
     let mut manifest = PassManifest::new(status.pass_id.clone(), model, &task);
     for job in jobs {

@@ -50,6 +50,7 @@ fn claim_row(row: usize) -> ClaimRow {
         box_y2: Some(60.0),
         box_count: 1,
         boxes: format!("[[{x},10,{},60]]", x + 50.0),
+        confidence: Some((row % 10) as f32 / 10.0),
         category: None,
         flagged: None,
         severity: None,
@@ -113,12 +114,14 @@ fn hundred_thousand_claims() {
     assert_eq!(hits[0].video_url, first.video_url);
     assert_eq!(hits[0].time_s, first.time_s);
     assert_eq!(hits[0].bounding_box, Some([0.0, 10.0, 50.0, 60.0]));
+    assert_eq!(hits[0].confidence, first.confidence);
     let second = claim_row(77);
     assert_eq!(
         (hits[1].segment_index, hits[1].time_s),
         (second.segment_index, second.time_s)
     );
     assert_eq!(hits[1].bounding_box, Some([77.0, 10.0, 127.0, 60.0]));
+    assert_eq!(hits[1].confidence, Some(0.7));
     let mut urls: Vec<&str> = hits.iter().map(|hit| hit.video_url.as_str()).collect();
     let unsorted = urls.clone();
     urls.sort();
