@@ -15,7 +15,7 @@
 //! the question allows, comparable across crops and prompts. The restricted logits of all crops
 //! are gathered and softmaxed on the device and copied to the host once.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 use crate::image::RgbImage;
 use crate::model::LogitsMode;
@@ -96,7 +96,7 @@ impl OpenO3Video {
             chosen.push(logits.flatten_all()?.index_select(&choices, 0)?);
         }
         let probabilities = candle_nn::ops::softmax_last_dim(&Tensor::stack(&chosen, 0)?)?;
-        let yes_probability = probabilities.narrow(1, 0, yes.len())?.sum(D::Minus1)?;
+        let yes_probability = probabilities.narrow(1, 0, yes.len())?.sum(1)?;
         Ok(yes_probability
             .to_vec1::<f32>()?
             .into_iter()
