@@ -49,7 +49,7 @@ fn policy(min_confidence: f32) -> ModerationPolicy {
     .unwrap()
 }
 
-const ANSWER: &str = "<think>A man holds a <obj>knife</obj><box>[40,30,200,180]</box>at<t>3.0</t>s, then a <obj>bag</obj><box>[250,60,420,240]</box>at<t>9.0</t>s; someone mentions a <obj>gun</obj> without a box.</think><answer>Yes.</answer>";
+const ANSWER: &str = "<think>A man holds a <obj>knife</obj><box>[40,30,200,180]</box>at<t>3.0</t>s, then a <obj>bag</obj><box>[250,60,420,240]</box>at<t>9.0</t>s; a <obj>gun</obj>at<t>5.0</t>s is named without a box.</think><answer>Yes.</answer>";
 
 /// Builds the document for `policy`, verifies its claims and returns it with the confidences.
 fn verified(
@@ -63,7 +63,7 @@ fn verified(
     let mut builder = VideoDocumentBuilder::new(header(
         "s3://corpus/knife.mp4",
         task.clone(),
-        Rotation::None,
+        Rotation::R0,
     ));
     builder.add_segment(clocks()[0].clone()).unwrap();
     for question in &task.questions {
