@@ -160,7 +160,7 @@ fn hundred_thousand_claims() {
     assert_eq!(text.lines().count(), 2);
     assert!(
         text.starts_with(
-            "s3://corpus/video-000.mp4\t0\t0.0s\tred car [0,10,50,60]\tThings happen."
+            "s3://corpus/video-000.mp4\t0\t0.0s\tred car [0,10,50,60] (0%)\tThings happen."
         ),
         "{text}"
     );
