@@ -261,6 +261,24 @@ pub struct PassArgs {
     /// Submitting again with the same key returns the same pass.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Verify every claim: crop its box at its time, ask the model whether the crop shows the
+    /// object, and record P(yes) as the claim's confidence (default: on for `--policy`).
+    #[arg(long, conflicts_with = "no_verify")]
+    pub verify: bool,
+    /// Do not verify claims, even for a moderation policy.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl PassArgs {
+    /// `--verify` / `--no-verify` as the pass spec's setting (`None`: the task's default).
+    pub fn verify_setting(&self) -> Option<bool> {
+        match (self.verify, self.no_verify) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// `vidx submit`.

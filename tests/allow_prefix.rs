@@ -24,6 +24,7 @@ fn spec(source: &str, destination: &str) -> PassSpec {
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
+        verify: None,
     }
 }
 

@@ -79,6 +79,7 @@ async fn every_line_of_a_job_names_it() {
         },
         idempotency_key: None,
         max_attempts: 1,
+        verify: None,
     };
     let store = coordinator.store();
     let pass_id = store.create_pass(&spec, now_ms()).await.unwrap().pass_id;

@@ -450,6 +450,7 @@ async fn status_round_trips_the_submitted_spec() {
         },
         idempotency_key: Some("round-trip".into()),
         max_attempts: 5,
+        verify: None,
     };
     let created = client.submit(&spec).await.unwrap();
     let again = client.submit(&spec).await.unwrap();

@@ -252,6 +252,7 @@ mod tests {
             sampling: vidx_core::domain::Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,
+            verify: None,
         };
         let policy =
             AccessPolicy::for_own_arguments(&spec("file:///data/in/", "file:///data/out/"))

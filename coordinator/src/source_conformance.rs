@@ -47,6 +47,7 @@ pub async fn pass_of(coordinator: &Coordinator, names: &[&str]) -> String {
         },
         idempotency_key: None,
         max_attempts: 3,
+        verify: None,
     };
     let store = coordinator.store();
     let pass_id = store.create_pass(&spec, now_ms()).await.unwrap().pass_id;

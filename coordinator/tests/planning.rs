@@ -19,6 +19,7 @@ fn spec(source: String) -> PassSpec {
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
+        verify: None,
     }
 }
 

@@ -85,6 +85,7 @@ mod redis_layout {
             sampling: Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,
+            verify: None,
         };
         let pass_id = store.create_pass(&spec, T0).await.unwrap().pass_id;
         let jobs: Vec<NewJob> = (0..200)

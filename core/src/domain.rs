@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::policy::ModerationPolicy;
 
 /// Default target frame rate, as in Open-o3 Video's V-STAR evaluation.
 pub const DEFAULT_FPS: f64 = 1.0;
@@ -113,6 +114,10 @@ pub struct PassSpec {
     pub idempotency_key: Option<String>,
     /// Attempts per job before it is dead.
     pub max_attempts: u32,
+    /// Whether workers verify every claim (crop its box, ask the model about it, record the
+    /// confidence); `None` takes the default: on for moderation passes, off otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
 }
 
 /// Object-store URL schemes the coordinator and workers can read.
@@ -144,7 +149,14 @@ pub fn parse_store_url(what: &str, raw: &str) -> Result<Url> {
 }
 
 impl PassSpec {
-    /// Checks the whole spec once, at submission.
+    /// Whether workers verify claims: as asked, else on for moderation passes only.
+    pub fn verifies(&self) -> bool {
+        self.verify
+            .unwrap_or(matches!(self.task, TaskSpec::Moderation { .. }))
+    }
+
+    /// Checks the whole spec once, at submission (the coordinator) and before sending
+    /// (`vidx submit`): the same errors either way.
     pub fn validate(&self) -> Result<()> {
         parse_store_url("source", &self.source)?;
         parse_store_url("destination", &self.destination)?;
@@ -163,6 +175,18 @@ impl PassSpec {
             }
             TaskSpec::Moderation { policy_yaml } if policy_yaml.trim().is_empty() => {
                 return Err(Error::invalid("moderation policy is empty"));
+            }
+            TaskSpec::Moderation { policy_yaml } => {
+                let policy = ModerationPolicy::from_yaml(policy_yaml)
+                    .map_err(|error| Error::invalid(format!("moderation policy: {error}")))?;
+                if self.verify == Some(false)
+                    && let Some((position, category)) = policy.first_min_confidence()
+                {
+                    return Err(Error::invalid(format!(
+                        "moderation policy: categories[{position}].min_confidence ({:?}) needs claim verification, which the pass turns off",
+                        category.name
+                    )));
+                }
             }
             _ => {}
         }
@@ -593,7 +617,37 @@ mod tests {
             sampling: Sampling::default(),
             idempotency_key: None,
             max_attempts: 3,
+            verify: None,
         }
+    }
+
+    #[test]
+    fn policies_are_checked_at_submission() {
+        let moderation = |policy_yaml: &str, verify: Option<bool>| PassSpec {
+            task: TaskSpec::Moderation {
+                policy_yaml: policy_yaml.into(),
+            },
+            verify,
+            ..spec()
+        };
+        let good = "categories:\n  - {name: a, question: q, flagged_answer: 'yes', severity: low, min_confidence: 0.5}\n";
+        moderation(good, None).validate().unwrap();
+        assert!(moderation(good, None).verifies());
+        assert!(!spec().verifies());
+        let error = moderation(good, Some(false)).validate().unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)));
+        assert!(
+            error
+                .to_string()
+                .contains("categories[0].min_confidence (\"a\") needs claim verification"),
+            "{error}"
+        );
+        let bad =
+            "categories:\n  - {name: a, question: q, flagged_answer: 'yes', severity: loud}\n";
+        let error = moderation(bad, None).validate().unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)));
+        assert!(error.to_string().contains("moderation policy: "), "{error}");
+        assert!(error.to_string().contains("severity"), "{error}");
     }
 
     #[test]

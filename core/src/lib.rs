@@ -5,6 +5,8 @@
 //! - [`error`]: the API's error vocabulary and its one mapping to and from gRPC status codes.
 //! - [`client`]: [`CoordinatorClient`](client::CoordinatorClient), the one client for both
 //!   coordinator services, and [`auth`], the token it sends.
+//! - [`policy`]: moderation policies and the one check of them, shared by the coordinator,
+//!   `vidx submit` and the worker.
 //! - [`source`]: [`JobSource`](source::JobSource), the coordinator as a worker sees it.
 //! - [`objects`]: the one place a URL (`s3://`, `gs://`, `az://`, `file://`, `memory://`) becomes
 //!   an object store: where every byte of a video, a manifest or an evidence document comes from.
@@ -22,6 +24,7 @@ pub mod client;
 pub mod domain;
 pub mod error;
 pub mod objects;
+pub mod policy;
 pub mod source;
 pub mod wire;
 

@@ -100,6 +100,7 @@ impl From<pb::SubmitPassRequest> for PassSpec {
             } else {
                 request.max_attempts
             },
+            verify: request.verify,
         }
     }
 }
@@ -113,6 +114,7 @@ impl From<&PassSpec> for pb::SubmitPassRequest {
             sampling: Some(pb::Sampling::from(&spec.sampling)),
             idempotency_key: spec.idempotency_key.clone().unwrap_or_default(),
             max_attempts: spec.max_attempts,
+            verify: spec.verify,
         }
     }
 }
@@ -203,6 +205,7 @@ impl From<&PassStatus> for pb::PassStatus {
             idempotency_key: status.spec.idempotency_key.clone().unwrap_or_default(),
             max_attempts: status.spec.max_attempts,
             released: status.released,
+            verify: status.spec.verify,
         }
     }
 }
@@ -222,6 +225,7 @@ impl TryFrom<pb::PassStatus> for PassStatus {
                 sampling: Sampling::from(status.sampling),
                 idempotency_key: non_empty(status.idempotency_key),
                 max_attempts: status.max_attempts,
+                verify: status.verify,
             },
             counts: JobCounts {
                 pending: counts.pending,
@@ -343,6 +347,7 @@ impl From<&LeasedJob> for pb::LeasedJob {
             task: Some(pb::Task::from(&leased.pass.task)),
             sampling: Some(pb::Sampling::from(&leased.pass.sampling)),
             destination: leased.pass.destination.clone(),
+            verify: leased.pass.verify,
         }
     }
 }
@@ -366,6 +371,7 @@ impl TryFrom<pb::LeasedJob> for LeasedJob {
                 sampling: Sampling::from(leased.sampling),
                 idempotency_key: None,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
+                verify: leased.verify,
             },
         })
     }
@@ -468,6 +474,7 @@ mod tests {
                 },
                 idempotency_key: Some("nightly".into()),
                 max_attempts: 5,
+                verify: None,
             },
             state: PassState::Running,
             counts: JobCounts {
@@ -526,6 +533,7 @@ mod tests {
                 sampling: Sampling::default(),
                 idempotency_key: None,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
+                verify: None,
             },
         };
         let back = LeasedJob::try_from(pb::LeasedJob::from(&leased)).unwrap();

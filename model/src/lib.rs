@@ -11,7 +11,8 @@
 //! [`generation`] (token choice on the device, one sequence) and [`batch`] (many sequences
 //! decoded together), [`detokenize`] (incremental text), and pure, I/O-free preprocessing
 //! ([`image`], [`processor`], [`rope_index`], [`prompt`]). File and network access lives only
-//! in [`loading`]; [`pipeline`] glues everything into the API the worker calls.
+//! in [`loading`]; [`pipeline`] glues everything into the API the worker calls, and [`verify`]
+//! adds self-verification (P(yes) about an image, one prefill per image, no generation).
 //!
 //! ```no_run
 //! use vidx_model::generation::GenerationParams;
@@ -55,6 +56,7 @@ pub mod processor;
 pub mod prompt;
 pub mod rope_index;
 pub mod text;
+pub mod verify;
 pub mod vision;
 
 pub use config::{Config, PreprocessorConfig, VisionConfig};

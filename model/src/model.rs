@@ -25,6 +25,7 @@ pub struct Model {
     config: Config,
     device: Device,
     vision_calls: AtomicUsize,
+    decoder_calls: AtomicUsize,
 }
 
 impl Model {
@@ -38,6 +39,7 @@ impl Model {
             config: config.clone(),
             device: vb.device().clone(),
             vision_calls: AtomicUsize::new(0),
+            decoder_calls: AtomicUsize::new(0),
         })
     }
 
@@ -54,6 +56,12 @@ impl Model {
     /// How many times the vision tower has run (each [`Self::encode_vision`] call counts once).
     pub fn vision_calls(&self) -> usize {
         self.vision_calls.load(Ordering::Relaxed)
+    }
+
+    /// How many times the decoder has run through [`Self::forward_embeds`] (a prefill, or one
+    /// step of single-sequence generation; [`crate::batch::BatchDecoder`] steps are not counted).
+    pub fn decoder_calls(&self) -> usize {
+        self.decoder_calls.load(Ordering::Relaxed)
     }
 
     /// Parameters for [`crate::rope_index::mrope_position_ids`] from this config.
@@ -135,6 +143,7 @@ impl Model {
         cache: &mut crate::KvCache,
         mode: LogitsMode,
     ) -> Result<Tensor> {
+        self.decoder_calls.fetch_add(1, Ordering::Relaxed);
         self.text.forward(embeds, positions, cache, mode, None)
     }
 
@@ -147,6 +156,7 @@ impl Model {
         mode: LogitsMode,
         trace: &mut TextTrace,
     ) -> Result<Tensor> {
+        self.decoder_calls.fetch_add(1, Ordering::Relaxed);
         self.text
             .forward(embeds, positions, cache, mode, Some(trace))
     }

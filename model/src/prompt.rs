@@ -67,6 +67,20 @@ pub fn video_prompt(system_prompt: &str, question: &str) -> String {
     )
 }
 
+/// A Qwen2.5-VL chat prompt with one image before a question (the default system prompt): what
+/// [`crate::OpenO3Video::yes_probability`] asks about a crop.
+pub fn image_question_prompt(question: &str) -> String {
+    format!(
+        "<|im_start|>system\n{QWEN_DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<|vision_start|>{IMAGE_PAD}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+/// The answers [`crate::OpenO3Video::yes_probability`] weighs: the first token of a yes or a
+/// no, as the assistant turn would start it.
+pub const YES_WORDS: &[&str] = &["Yes", "yes", "YES"];
+/// See [`YES_WORDS`].
+pub const NO_WORDS: &[&str] = &["No", "no", "NO"];
+
 /// Replaces the i-th `pad_id` in `ids` by `counts[i]` copies of it.
 pub fn expand_placeholders(ids: &[u32], pad_id: u32, counts: &[usize]) -> Result<Vec<u32>> {
     let found = ids.iter().filter(|&&t| t == pad_id).count();

@@ -434,6 +434,7 @@ mod tests {
                 sampling: Sampling::default(),
                 idempotency_key: None,
                 max_attempts: 3,
+                verify: None,
             },
             state,
             counts: JobCounts {

@@ -196,6 +196,7 @@ pub async fn submit_and_plan_within(
         sampling: Sampling::default(),
         idempotency_key: None,
         max_attempts: 3,
+        verify: None,
     };
     let pass_id = client.submit(&spec).await?.pass_id;
     let started = Instant::now();

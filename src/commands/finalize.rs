@@ -18,7 +18,7 @@ use vidx_coordinator::store::FinalizeClaim;
 use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
 use vidx_worker::evidence::store::{DOCUMENT_FILE, OutcomeStatus};
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
-use vidx_worker::video_job::question_plan;
+use vidx_worker::video_job::pass_plan;
 
 use crate::cli::FinalizeArgs;
 
@@ -110,7 +110,7 @@ pub async fn finalize_pass(
     jobs: &[Job],
     fallback_model: ModelInfo,
 ) -> Result<PassManifest> {
-    let task = question_plan(&status.spec.task).context("the pass's task")?;
+    let task = pass_plan(&status.spec).context("the pass's task")?;
     let index = EvidenceIndex::from_url(&status.spec.destination)?;
     let mut order: Vec<&str> = Vec::new();
     let mut by_video: HashMap<&str, Vec<&Job>> = HashMap::new();

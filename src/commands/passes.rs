@@ -35,6 +35,7 @@ impl PassArgs {
             },
             idempotency_key: self.idempotency_key.clone(),
             max_attempts: self.max_attempts,
+            verify: self.verify_setting(),
         };
         spec.validate()?;
         Ok(spec)

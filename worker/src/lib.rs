@@ -10,6 +10,7 @@
 //!   [`media::VideoSource`] names the object, and [`media::ObjectReader`] serves FFmpeg's
 //!   read and seek callbacks with ranged reads from it.
 //! - [`evidence`]: parsing answers into claims, the per-video document and the index.
+//! - [`claim_verification`]: claim confidence by self-verification (crop, ask, P(yes)).
 //! - [`bridge`]: the one way this crate's blocking code waits for async I/O, and why.
 //!
 //! The worker does not depend on the coordinator: it reaches it through `vidx-core`.
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod bridge;
+pub mod claim_verification;
 pub mod evidence;
 pub mod media;
 pub mod runtime;

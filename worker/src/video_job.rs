@@ -5,9 +5,10 @@
 //! processed. Otherwise sample the segment's frames, encode them with the vision tower once,
 //! prefill the shared prompt prefix (system prompt, frames, duration line) once, and answer every
 //! question of the task from that prefix; parse each answer into evidence, map it to source pixels
-//! and absolute time, store frame thumbnails, and write the document. A document that already
-//! exists (same video, model and task) is not computed again, and finding that out reads no
-//! byte of the video ([`skip_check`]: the object's metadata names the document).
+//! and absolute time, verify every claim when the pass asks for it
+//! ([`crate::claim_verification`]), store frame thumbnails, and write the document. A document
+//! that already exists (same video, model and task) is not computed again, and finding that out
+//! reads no byte of the video ([`skip_check`]: the object's metadata names the document).
 //!
 //! A segment job of a split video writes its segment's part; the coordinator's segment counter
 //! designates one segment job per video, and that job assembles the video's document from the
@@ -23,12 +24,13 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tracing::info;
-use vidx_core::domain::{LeasedJob, Segment, TaskSpec};
+use vidx_core::domain::{LeasedJob, PassSpec, Segment, TaskSpec};
 use vidx_core::source::JobSource;
 use vidx_model::generation::GenerationParams;
 use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
 
 use crate::bridge::{WaitError, block_on};
+use crate::claim_verification::claim_confidences;
 use crate::evidence::document::DocumentHeader;
 use crate::evidence::store::EncodedImage;
 use crate::evidence::{
@@ -184,7 +186,13 @@ pub fn skip_check(
     })
 }
 
-/// The evidence task a pass asks for.
+/// The evidence task of a pass: its questions, and whether its claims are verified
+/// ([`PassSpec::verifies`]), which is part of the task's hash.
+pub fn pass_plan(pass: &PassSpec) -> Result<QuestionPlan, evidence::Error> {
+    Ok(question_plan(&pass.task)?.with_verification(pass.verifies()))
+}
+
+/// The questions a pass's task asks (claim verification off; see [`pass_plan`]).
 pub fn question_plan(task: &TaskSpec) -> Result<QuestionPlan, evidence::Error> {
     match task {
         TaskSpec::Index { prompt: None } => Ok(QuestionPlan::index()),
@@ -310,11 +318,37 @@ fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
     })
 }
 
+/// Verifies every claim of a segment's recorded answers against `frames` (the model-sized frames
+/// the segment was asked about) and records the confidences, which moderation verdicts with a
+/// `min_confidence` then use.
+fn verify_segment(
+    model: &OpenO3Video,
+    frames: &[TimedFrame],
+    builder: &mut VideoDocumentBuilder,
+    segment_index: u32,
+) -> Result<(), JobFailure> {
+    let answers = builder
+        .answers(segment_index)
+        .map_err(|error| invalid(format!("evidence: {error}")))?;
+    let confidences = claim_confidences(model, frames, answers).map_err(model_failure)?;
+    let question_ids: Vec<String> = answers.iter().map(|a| a.question_id.clone()).collect();
+    let verified: usize = confidences
+        .iter()
+        .map(|claims| claims.iter().flatten().count())
+        .sum();
+    for (question_id, claims) in question_ids.iter().zip(&confidences) {
+        builder
+            .set_confidences(segment_index, question_id, claims)
+            .map_err(|error| invalid(format!("evidence: {error}")))?;
+    }
+    info!(segment_index, verified, "claims verified");
+    Ok(())
+}
+
 impl JobRunner for VideoJobRunner {
     fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
         let spec = &job.job.spec;
-        let task =
-            question_plan(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
+        let task = pass_plan(&job.pass).map_err(|error| invalid(format!("task: {error}")))?;
         let source =
             (self.open_video)(&spec.video_url).map_err(|error| media_failure("open", error))?;
         let index = EvidenceIndex::from_url(&job.pass.destination)
@@ -510,6 +544,9 @@ impl JobRunner for VideoJobRunner {
             builder
                 .record_answer(segment_index, &question.id, &answer.text)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
+        }
+        if task.verify {
+            verify_segment(&self.model, &frames, &mut builder, 0)?;
         }
 
         for (frame_index, encoded) in thumbnails.into_iter().enumerate() {

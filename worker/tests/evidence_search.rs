@@ -58,6 +58,7 @@ fn claim_row(row: usize) -> ClaimRow {
         box_y2: Some(60.0),
         box_count: 1,
         boxes: format!("[[{x},10,{},60]]", x + 50.0),
+        confidence: Some((row % 10) as f32 / 10.0),
         category: None,
         flagged: None,
         severity: None,
@@ -193,6 +194,9 @@ fn ranking_filters_and_errors_over_real_rows() -> anyhow::Result<()> {
     assert_eq!(hits[0].time_s, Some(0.0));
     assert_eq!(hits[0].bounding_box, Some([0.0, 10.0, 50.0, 60.0]));
     assert_eq!(hits[1].bounding_box, Some([77.0, 10.0, 127.0, 60.0]));
+    // Confidence travels from the claim row into the hit.
+    assert_eq!(hits[0].confidence, Some(0.0));
+    assert_eq!(hits[1].confidence, Some(0.7));
     assert!(hits.windows(2).all(|pair| pair[0].score >= pair[1].score));
     assert!(hits[0].score > 0.0);
 
@@ -382,7 +386,7 @@ fn ranking_filters_and_errors_over_real_rows() -> anyhow::Result<()> {
     assert_eq!(text.lines().count(), 2);
     assert!(
         text.starts_with(
-            "s3://corpus/video-000.mp4\t0\t0.0s\tred car [0,10,50,60]\tThings happen."
+            "s3://corpus/video-000.mp4\t0\t0.0s\tred car [0,10,50,60] (0%)\tThings happen."
         ),
         "{text}"
     );

@@ -100,6 +100,7 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
             sampling,
             idempotency_key: None,
             max_attempts: 1,
+            verify: None,
         },
     };
 

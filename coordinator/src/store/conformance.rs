@@ -40,6 +40,7 @@ fn spec(key: Option<&str>, max_attempts: u32) -> PassSpec {
         sampling: Sampling::default(),
         idempotency_key: key.map(str::to_owned),
         max_attempts,
+        verify: None,
     }
 }
 

@@ -13,7 +13,7 @@ use super::mapping::{
     AbsoluteSpan, FrameGeometry, MappedClaim, SegmentClock, map_claims, map_span,
 };
 use super::parse::{DroppedFragment, ParseContext, Repair, parse_output};
-use super::task::{QuestionPlan, Severity, Verdict, hex, verdict};
+use super::task::{QuestionPlan, Severity, Verdict, hex, verdict, verdict_of};
 use super::{Error, Result};
 
 /// Schema tag written in every document.
@@ -198,7 +198,7 @@ pub struct FlaggedSpan {
 }
 
 /// The task as stored: the questions asked and its hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// Hex SHA-256 of the task ([`QuestionPlan::hash`]).
     pub hash: String,
@@ -433,6 +433,57 @@ impl VideoDocumentBuilder {
         answers.retain(|answer| answer.question_id != question_id);
         answers.push(record);
         Ok(answers.last().expect("just pushed"))
+    }
+
+    /// The answers recorded for a segment so far, in the order recorded.
+    pub fn answers(&self, segment_index: u32) -> Result<&[AnswerRecord]> {
+        let position = self.position(segment_index)?;
+        Ok(&self.document.segments[position].answers)
+    }
+
+    /// Records the self-verified confidence of each claim of an answer (`None` for a claim that
+    /// could not be verified, in claim order) and decides its moderation verdict again, now that
+    /// the category's `min_confidence` can act on them.
+    pub fn set_confidences(
+        &mut self,
+        segment_index: u32,
+        question_id: &str,
+        confidences: &[Option<f32>],
+    ) -> Result<()> {
+        let position = self.position(segment_index)?;
+        let task = &self.document.task.task;
+        let record = self.document.segments[position]
+            .answers
+            .iter_mut()
+            .find(|answer| answer.question_id == question_id)
+            .ok_or_else(|| {
+                Error::InvalidDocument(format!(
+                    "segment {segment_index} has no answer to {question_id:?}"
+                ))
+            })?;
+        if confidences.len() != record.claims.len() {
+            return Err(Error::InvalidDocument(format!(
+                "{} confidences for {} claims",
+                confidences.len(),
+                record.claims.len()
+            )));
+        }
+        for (claim, confidence) in record.claims.iter_mut().zip(confidences) {
+            claim.confidence = confidence.map(|value| value.clamp(0.0, 1.0));
+        }
+        let category = task
+            .question(question_id)
+            .and_then(|question| task.category_for(question));
+        if let Some(category) = category {
+            let grounded: Vec<Option<f32>> = record
+                .claims
+                .iter()
+                .filter(|claim| claim.is_grounded())
+                .map(|claim| claim.confidence)
+                .collect();
+            record.verdict = Some(verdict_of(category, record.answer.as_deref(), &grounded));
+        }
+        Ok(())
     }
 
     /// Finishes the document: computes the video-level moderation summary.

@@ -296,6 +296,17 @@ pub struct MappedClaim {
     pub frame_time_s: Option<f64>,
     /// Where the claim was written.
     pub section: Section,
+    /// P("yes") when the model was asked whether the crop of the first box at the claim's frame
+    /// shows the object (`vidx … --verify`), in `[0, 1]`; absent when not verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+}
+
+impl MappedClaim {
+    /// Whether the claim has a box and a time, as a moderation flag needs.
+    pub fn is_grounded(&self) -> bool {
+        !self.boxes.is_empty() && self.time_s.is_some()
+    }
 }
 
 /// A time span mapped to absolute video time.
@@ -331,6 +342,7 @@ pub fn map_claim(claim: &Claim, geometry: &FrameGeometry, clock: &SegmentClock) 
         frame_index,
         frame_time_s: frame_index.map(|index| clock.frame_times_s[index]),
         section: claim.section,
+        confidence: None,
     }
 }
 

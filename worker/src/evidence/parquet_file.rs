@@ -260,6 +260,7 @@ pub fn claims_to_parquet(rows: &[ClaimRow]) -> Result<Vec<u8>> {
         .optional_double("box_y2", |row| row.box_y2)
         .int("box_count", |row| row.box_count)
         .text("boxes", |row| &row.boxes)
+        .optional_double("confidence", |row| row.confidence.map(f64::from))
         .optional_text("category", |row| row.category.as_ref())
         .optional_bool("flagged", |row| row.flagged)
         .optional_text("severity", |row| row.severity.as_ref())

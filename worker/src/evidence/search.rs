@@ -59,6 +59,9 @@ pub struct SearchHit {
     pub frame_key: Option<String>,
     /// Whether the answer flagged the segment (moderation).
     pub flagged: Option<bool>,
+    /// The claim's self-verified confidence in `[0, 1]`, when the pass verified claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
 }
 
 /// What to search for: words (tantivy query syntax) and filters.
@@ -137,6 +140,10 @@ pub fn format_hits(hits: &[SearchHit]) -> String {
             }
             (Some(object), None) => object.clone(),
             _ => "answer".to_owned(),
+        };
+        let what = match hit.confidence {
+            Some(confidence) => format!("{what} ({:.0}%)", confidence * 100.0),
+            None => what,
         };
         let answer = hit.answer.as_deref().unwrap_or("").replace('\n', " ");
         let answer: String = answer.chars().take(100).collect();

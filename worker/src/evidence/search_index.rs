@@ -273,6 +273,7 @@ impl SearchIndex {
             answer: claim.answer.clone(),
             frame_key: claim.frame_key.clone(),
             flagged: claim.flagged,
+            confidence: claim.confidence,
         };
         document.add_text(fields.hit, serde_json::to_string(&hit)?);
         Ok(document)
@@ -312,6 +313,7 @@ impl SearchIndex {
             answer: answer.answer.clone(),
             frame_key: None,
             flagged: answer.flagged,
+            confidence: None,
         };
         document.add_text(fields.hit, serde_json::to_string(&hit)?);
         Ok(document)

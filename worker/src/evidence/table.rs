@@ -65,6 +65,9 @@ pub struct ClaimRow {
     pub box_count: i64,
     /// All boxes as JSON `[[x1,y1,x2,y2],...]`, displayed source pixels.
     pub boxes: String,
+    /// The claim's self-verified confidence in `[0, 1]`, when the pass verified claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
     /// Moderation category of the question.
     pub category: Option<String>,
     /// Whether the answer flagged the segment.
@@ -236,6 +239,7 @@ pub fn rows_for_document(
                     box_y2: first.map(|b| b.y2),
                     box_count: claim.boxes.len() as i64,
                     boxes: serde_json::to_string(&boxes).unwrap_or_else(|_| "[]".to_owned()),
+                    confidence: claim.confidence,
                     category: category.clone(),
                     flagged,
                     severity: severity.clone(),

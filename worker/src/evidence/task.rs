@@ -5,8 +5,6 @@
 //! that changes the model's input (system prompt, question texts and kinds, policy), so an index
 //! entry written under one hash is never mistaken for the answers to another task.
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -78,102 +76,11 @@ impl Question {
     }
 }
 
-/// How bad a moderation finding is; ordered from least to most severe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Worth a look.
-    Low,
-    /// Needs review.
-    Medium,
-    /// Needs prompt review.
-    High,
-    /// Act now.
-    Critical,
-}
+pub use vidx_core::policy::{Category, ModerationPolicy, Severity, answer_means};
 
-/// One moderation category of a policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Category {
-    /// Name, unique in the policy: letters, digits, `-`, `_`, `.`.
-    pub name: String,
-    /// The question asked of each segment.
-    pub question: String,
-    /// The answer that means "flagged", e.g. `yes`; compared case- and punctuation-insensitively.
-    pub flagged_answer: String,
-    /// How bad a flag in this category is.
-    pub severity: Severity,
-    /// A flag needs at least this many grounded claims (box and time); none means the answer alone
-    /// decides.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_grounded_claims: Option<u32>,
-}
-
-/// A moderation policy: a YAML file of categories.
-///
-/// ```yaml
-/// categories:
-///   - name: weapons
-///     question: Is anyone holding a weapon? Answer yes or no.
-///     flagged_answer: "yes"
-///     severity: high
-///     min_grounded_claims: 1
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModerationPolicy {
-    /// The categories, in the order they are asked.
-    pub categories: Vec<Category>,
-}
-
-impl ModerationPolicy {
-    /// Parses and validates a policy from YAML; errors name the line or the category at fault.
-    pub fn from_yaml(text: &str) -> Result<Self> {
-        let policy: ModerationPolicy = serde_yaml_ng::from_str(text).map_err(|error| {
-            let place = error
-                .location()
-                .map(|at| format!("line {} column {}: ", at.line(), at.column()));
-            Error::InvalidPolicy(format!("{}{error}", place.unwrap_or_default()))
-        })?;
-        policy.validate()?;
-        Ok(policy)
-    }
-
-    /// Checks names, questions and answers.
-    pub fn validate(&self) -> Result<()> {
-        if self.categories.is_empty() {
-            return Err(Error::InvalidPolicy("the policy has no categories".into()));
-        }
-        let mut names = HashSet::new();
-        for (position, category) in self.categories.iter().enumerate() {
-            let label = format!("category {} ({:?})", position + 1, category.name);
-            if !is_identifier(&category.name) {
-                return Err(Error::InvalidPolicy(format!(
-                    "{label}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
-                )));
-            }
-            if !names.insert(category.name.as_str()) {
-                return Err(Error::InvalidPolicy(format!("{label}: name is used twice")));
-            }
-            if category.question.trim().is_empty() {
-                return Err(Error::InvalidPolicy(format!("{label}: question is empty")));
-            }
-            if normalize_answer(&category.flagged_answer).is_empty() {
-                return Err(Error::InvalidPolicy(format!(
-                    "{label}: flagged_answer has no letters or digits"
-                )));
-            }
-            if category
-                .min_grounded_claims
-                .is_some_and(|minimum| minimum > 1000)
-            {
-                return Err(Error::InvalidPolicy(format!(
-                    "{label}: min_grounded_claims is above 1000"
-                )));
-            }
-        }
-        Ok(())
+impl From<vidx_core::policy::PolicyError> for Error {
+    fn from(error: vidx_core::policy::PolicyError) -> Self {
+        Error::InvalidPolicy(error.0)
     }
 }
 
@@ -190,25 +97,50 @@ pub struct Verdict {
     pub answer_matched: bool,
     /// How many grounded claims the output carried.
     pub grounded_claims: usize,
+    /// With a `min_confidence`, how many grounded claims reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confident_claims: Option<usize>,
     /// Why, in a few words.
     pub reason: String,
 }
 
-/// Decides a category's verdict from a parsed output: flagged when the answer means the flagged
-/// answer and the output carries at least the category's minimum of grounded claims.
+/// Decides a category's verdict from a parsed output before any claim is verified (every
+/// grounded claim counts as unverified): see [`verdict_of`].
 pub fn verdict(category: &Category, parsed: &ParsedOutput) -> Verdict {
-    let grounded_claims = parsed.grounded_claims().count();
-    let answer_matched = parsed
-        .answer
-        .as_deref()
-        .is_some_and(|answer| answer_means(answer, &category.flagged_answer));
-    let minimum = category.min_grounded_claims.unwrap_or(0) as usize;
-    let (flagged, reason) = match (answer_matched, grounded_claims >= minimum) {
-        (false, _) if parsed.answer.is_none() => (false, "no answer".to_owned()),
+    let grounded: Vec<Option<f32>> = parsed.grounded_claims().map(|_| None).collect();
+    verdict_of(category, parsed.answer.as_deref(), &grounded)
+}
+
+/// Decides a category's verdict from the answer text and the confidences of the grounded claims
+/// (`None` for a claim not verified): flagged when the answer means the flagged answer and enough
+/// grounded claims count. Without `min_confidence` every grounded claim counts and at least
+/// `min_grounded_claims` are needed; with it only claims verified at or above it count, and at
+/// least `max(min_grounded_claims, 1)` are needed, so a threshold always has something to act on.
+pub fn verdict_of(category: &Category, answer: Option<&str>, grounded: &[Option<f32>]) -> Verdict {
+    let grounded_claims = grounded.len();
+    let answer_matched =
+        answer.is_some_and(|answer| answer_means(answer, &category.flagged_answer));
+    let (counted, minimum, what) = match category.min_confidence {
+        None => (
+            grounded_claims,
+            category.min_grounded_claims.unwrap_or(0) as usize,
+            "grounded claims".to_owned(),
+        ),
+        Some(threshold) => (
+            grounded
+                .iter()
+                .filter(|confidence| confidence.is_some_and(|value| value >= threshold))
+                .count(),
+            category.min_grounded_claims.unwrap_or(0).max(1) as usize,
+            format!("grounded claims with confidence at least {threshold}"),
+        ),
+    };
+    let (flagged, reason) = match (answer_matched, counted >= minimum) {
+        (false, _) if answer.is_none() => (false, "no answer".to_owned()),
         (false, _) => (false, "answer does not match".to_owned()),
         (true, false) => (
             false,
-            format!("answer matches but only {grounded_claims} of {minimum} grounded claims"),
+            format!("answer matches but only {counted} of {minimum} {what}"),
         ),
         (true, true) => (true, "answer matches".to_owned()),
     };
@@ -218,44 +150,13 @@ pub fn verdict(category: &Category, parsed: &ParsedOutput) -> Verdict {
         flagged,
         answer_matched,
         grounded_claims,
+        confident_claims: category.min_confidence.map(|_| counted),
         reason,
     }
 }
 
-/// Whether `answer` means `expected`: equal after normalising, or starting with it as a whole word
-/// (`Yes, a knife is visible` means `yes`; `Yesterday` does not). Options like `(A)` or `A.` compare
-/// as `a`.
-pub fn answer_means(answer: &str, expected: &str) -> bool {
-    let answer = normalize_answer(answer);
-    let expected = normalize_answer(expected);
-    if expected.is_empty() {
-        return false;
-    }
-    answer == expected
-        || answer
-            .strip_prefix(&expected)
-            .is_some_and(|rest| rest.starts_with(' '))
-}
-
-/// Lowercases and reduces to words of letters and digits separated by single spaces.
-fn normalize_answer(text: &str) -> String {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn is_identifier(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 64
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 /// The questions asked of every segment of a pass, and the moderation policy they came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuestionPlan {
     /// Human-readable name, e.g. `index` or `moderation`.
     pub name: String,
@@ -264,6 +165,10 @@ pub struct QuestionPlan {
     /// The policy, for moderation tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<ModerationPolicy>,
+    /// Whether every claim is verified by asking the model about its crop (its `confidence`).
+    /// Part of the hash: a verified document is not the same answer as an unverified one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 impl QuestionPlan {
@@ -277,6 +182,7 @@ impl QuestionPlan {
                 text: DEFAULT_INDEX_QUESTION.into(),
             }],
             policy: None,
+            verify: false,
         }
     }
 
@@ -307,6 +213,7 @@ impl QuestionPlan {
             name: name.into(),
             questions,
             policy: None,
+            verify: false,
         })
     }
 
@@ -328,6 +235,7 @@ impl QuestionPlan {
             name: "moderation".into(),
             questions,
             policy: Some(policy),
+            verify: false,
         })
     }
 
@@ -343,6 +251,12 @@ impl QuestionPlan {
         task.questions.insert(0, Self::index().questions.remove(0));
         task.name = "index_and_moderation".into();
         Ok(task)
+    }
+
+    /// The same task with claim verification on or off.
+    pub fn with_verification(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
     }
 
     /// The question with this id.
@@ -448,49 +362,6 @@ categories:
     }
 
     #[test]
-    fn policy_errors_are_clear() {
-        let cases = [
-            ("categories: []", "no categories"),
-            (
-                "categories:\n  - name: a\n    question: q\n    flagged_answer: 'yes'\n    severity: huge\n",
-                "line 5",
-            ),
-            (
-                "categories:\n  - name: a\n    question: q\n    flagged_answer: 'yes'\n    severity: low\n    colour: red\n",
-                "unknown field `colour`",
-            ),
-            (
-                "categories:\n  - name: a\n    question: q\n    severity: low\n",
-                "missing field `flagged_answer`",
-            ),
-            (
-                "categories:\n  - name: a b\n    question: q\n    flagged_answer: 'yes'\n    severity: low\n",
-                "category 1 (\"a b\"): name",
-            ),
-            (
-                "categories:\n  - {name: a, question: q, flagged_answer: 'yes', severity: low}\n  - {name: a, question: r, flagged_answer: 'no', severity: low}\n",
-                "category 2 (\"a\"): name is used twice",
-            ),
-            (
-                "categories:\n  - {name: a, question: ' ', flagged_answer: 'yes', severity: low}\n",
-                "question is empty",
-            ),
-            (
-                "categories:\n  - {name: a, question: q, flagged_answer: '?!', severity: low}\n",
-                "flagged_answer has no letters",
-            ),
-            ("categories: [", "line"),
-        ];
-        for (yaml, expected) in cases {
-            let message = ModerationPolicy::from_yaml(yaml).unwrap_err().to_string();
-            assert!(
-                message.contains(expected),
-                "{yaml:?}: {message:?} lacks {expected:?}"
-            );
-        }
-    }
-
-    #[test]
     fn verdicts_follow_answer_and_grounding() {
         let policy = ModerationPolicy::from_yaml(POLICY).unwrap();
         let weapons = &policy.categories[0];
@@ -517,17 +388,6 @@ categories:
         assert!(verdict(smoking, &ungrounded).flagged);
         assert!(!verdict(smoking, &negative).flagged);
         assert_eq!(verdict(smoking, &no_answer).reason, "no answer");
-    }
-
-    #[test]
-    fn answer_matching() {
-        assert!(answer_means("Yes.", "yes"));
-        assert!(answer_means("YES, a knife is visible", "yes"));
-        assert!(!answer_means("Yesterday he left", "yes"));
-        assert!(answer_means("(A) running", "A"));
-        assert!(answer_means("A.", "(a)"));
-        assert!(!answer_means("B", "A"));
-        assert!(!answer_means("yes", "?"));
     }
 
     #[test]
