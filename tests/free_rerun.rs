@@ -162,6 +162,7 @@ async fn run_pass(model: &Arc<OpenO3Video>, corpus: &Path, index: &Path) -> (Pas
     let retry = RetryPolicy {
         base_backoff_ms: 10,
         max_backoff_ms: 10,
+        ..RetryPolicy::default()
     };
     let coordinator = Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new());
     let stop = CancellationToken::new();
@@ -195,6 +196,7 @@ async fn run_pass(model: &Arc<OpenO3Video>, corpus: &Path, index: &Path) -> (Pas
         },
         idempotency_key: None,
         max_attempts: 2,
+        verify: None,
     };
     let mut progress = coordinator.progress();
     let pass_id = coordinator.submit(spec).await.unwrap().pass_id;

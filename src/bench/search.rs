@@ -230,6 +230,7 @@ fn claim(rng: &mut Rng, row: usize) -> ClaimRow {
         severity: moderation.then(|| "high".to_owned()),
         pass_id: None,
         written_at_ms: None,
+        confidence: None,
     }
 }
 

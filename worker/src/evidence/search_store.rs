@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -159,23 +160,33 @@ async fn download(index: &EvidenceIndex, pointer: &SearchPointer, dir: &Path) ->
                     .any(|(name, size)| *name == file.name && *size == file.size)
         })
         .collect();
+    // Owned items and a cloned index, so the stream's futures borrow nothing: a borrowing
+    // closure makes the whole finalization future fail `Send` for a spawned task.
+    let wanted: Vec<(IndexFile, PathBuf)> = wanted
+        .into_iter()
+        .map(|file| (file.clone(), dir.to_path_buf()))
+        .collect();
     let fetched: Vec<bool> = futures::stream::iter(wanted)
-        .map(|file| async move {
-            let bytes = match index.get_bytes(&file_key(index, &file.name)).await {
-                Ok(bytes) => bytes,
-                Err(Error::Store(object_store::Error::NotFound { .. })) => return Ok(false),
-                Err(error) => return Err(error),
-            };
-            if bytes.len() as u64 != file.size {
-                return Err(Error::Corrupt {
-                    key: file_key(index, &file.name).to_string(),
-                    reason: format!("{} bytes, the pointer says {}", bytes.len(), file.size),
-                });
+        .map(|(file, dir)| {
+            let index = index.clone();
+            async move {
+                let key = file_key(&index, &file.name);
+                let bytes = match index.get_bytes(&key).await {
+                    Ok(bytes) => bytes,
+                    Err(Error::Store(object_store::Error::NotFound { .. })) => return Ok(false),
+                    Err(error) => return Err(error),
+                };
+                if bytes.len() as u64 != file.size {
+                    return Err(Error::Corrupt {
+                        key: key.to_string(),
+                        reason: format!("{} bytes, the pointer says {}", bytes.len(), file.size),
+                    });
+                }
+                let partial = dir.join(format!("{}.partial", file.name));
+                tokio::fs::write(&partial, &bytes).await?;
+                tokio::fs::rename(&partial, dir.join(&file.name)).await?;
+                Ok::<_, Error>(true)
             }
-            let partial = dir.join(format!("{}.partial", file.name));
-            tokio::fs::write(&partial, &bytes).await?;
-            tokio::fs::rename(&partial, dir.join(&file.name)).await?;
-            Ok::<_, Error>(true)
         })
         .buffer_unordered(TRANSFER_CONCURRENCY)
         .try_collect()
@@ -267,15 +278,16 @@ impl SearchIndex {
             .filter(|file| !already.contains(file))
             .collect();
         let uploaded = to_upload.len();
-        futures::stream::iter(to_upload)
-            .map(|file| {
-                let dir = &dir;
+        let uploads: Vec<(PathBuf, object_store::path::Path)> = to_upload
+            .iter()
+            .map(|file| (dir.join(&file.name), file_key(index, &file.name)))
+            .collect();
+        futures::stream::iter(uploads)
+            .map(|(local, key)| {
+                let store = Arc::clone(index.store());
                 async move {
-                    let bytes = tokio::fs::read(dir.join(&file.name)).await?;
-                    index
-                        .store()
-                        .put(&file_key(index, &file.name), Bytes::from(bytes).into())
-                        .await?;
+                    let bytes = tokio::fs::read(&local).await?;
+                    store.put(&key, Bytes::from(bytes).into()).await?;
                     Ok::<_, Error>(())
                 }
             })
@@ -373,10 +385,13 @@ async fn delete_unlisted(index: &EvidenceIndex, pointer: &SearchPointer) -> Resu
         .await?;
     let count = stale.len();
     futures::stream::iter(stale)
-        .map(|location| async move {
-            match index.store().delete(&location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(error) => Err(Error::from(error)),
+        .map(|location| {
+            let store = Arc::clone(index.store());
+            async move {
+                match store.delete(&location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(error) => Err(Error::from(error)),
+                }
             }
         })
         .buffer_unordered(TRANSFER_CONCURRENCY)
