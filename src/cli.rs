@@ -211,6 +211,11 @@ pub struct CoordinatorArgs {
     /// Longest retry backoff in milliseconds.
     #[arg(long, env = "VIDX_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: i64,
+    /// A job whose lease expires with no word from its worker this many times (the worker
+    /// presumed crashed on it) is dead, with the reason `worker crashed N times on this video`,
+    /// so one poison video cannot take down worker after worker. At least 1.
+    #[arg(long, env = "VIDX_MAX_CRASHES", default_value_t = 2)]
+    pub max_crashes: u32,
     /// Delete passes that ended (finished, cancelled or failed) this many days after they were
     /// created, with all their job state; their evidence indexes stay. Unset keeps them forever.
     #[arg(long, env = "VIDX_RETAIN_PASSES_DAYS")]

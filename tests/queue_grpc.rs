@@ -377,10 +377,34 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
                 lease_id: leased.lease_id.clone(),
                 reason: String::new(),
                 retryable: true,
+                kind: 0,
             })
             .await,
     );
     assert_eq!(code, Code::InvalidArgument, "a failure needs a reason");
+    let (code, message) = code_of(
+        workers
+            .fail_job(pb::FailJobRequest {
+                job_id: job_id.clone(),
+                lease_id: leased.lease_id.clone(),
+                reason: "boom".into(),
+                retryable: true,
+                kind: 99,
+            })
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.contains("failure kind 99"), "{message}");
+    let (code, _) = code_of(
+        workers
+            .release_job(pb::ReleaseJobRequest {
+                job_id: job_id.clone(),
+                lease_id: String::new(),
+                reason: "shutdown".into(),
+            })
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument, "a release needs a lease id");
     let (code, _) = code_of(
         workers
             .complete_job(pb::CompleteJobRequest {

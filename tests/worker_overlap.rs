@@ -59,6 +59,7 @@ fn coordinator() -> Coordinator {
     let retry = RetryPolicy {
         base_backoff_ms: 1,
         max_backoff_ms: 1,
+        ..RetryPolicy::default()
     };
     Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new())
 }
@@ -146,7 +147,9 @@ async fn shutdown_hands_back_what_cannot_finish_within_the_grace() {
     // Handed back: another worker may take it at once, and no attempt was used.
     assert_eq!(jobs[0].state, JobState::Pending, "{:?}", jobs[0]);
     let leased_as = runner.attempt.load(Ordering::SeqCst) as u32;
-    assert_eq!(jobs[0].attempt, leased_as, "{:?}", jobs[0]);
+    let again = coordinator.lease("next", 1, 10_000).await.unwrap();
+    assert_eq!(again.len(), 1, "pending and due at once");
+    assert_eq!(again[0].job.attempt, leased_as, "{:?}", again[0]);
 }
 
 /// Serves `coordinator` on `listener` until the returned sender fires.

@@ -11,7 +11,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::error::Error;
 use crate::service::Coordinator;
 use vidx_core::domain::{Completion, PassSpec};
-use vidx_core::wire::job_state_filter;
+use vidx_core::wire::{failure_kind, job_state_filter};
 use vidx_proto::v1 as pb;
 
 /// Serves `vidx.v1.PassService`.
@@ -230,18 +230,33 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         request: Request<pb::FailJobRequest>,
     ) -> Result<Response<pb::FailJobResponse>, Status> {
         let request = request.into_inner();
-        handle(
-            &self.coordinator,
-            "FailJob",
-            self.coordinator.fail(
-                &request.job_id,
-                &request.lease_id,
-                &request.reason,
-                request.retryable,
-            ),
-            |outcome| pb::FailJobResponse {
+        let call = async {
+            let kind = failure_kind(&request)?;
+            self.coordinator
+                .fail(&request.job_id, &request.lease_id, &request.reason, kind)
+                .await
+        };
+        handle(&self.coordinator, "FailJob", call, |outcome| {
+            pb::FailJobResponse {
                 state: pb::JobState::from(outcome.state) as i32,
                 retry_at_ms: outcome.retry_at_ms,
+            }
+        })
+        .await
+    }
+
+    async fn release_job(
+        &self,
+        request: Request<pb::ReleaseJobRequest>,
+    ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        let request = request.into_inner();
+        handle(
+            &self.coordinator,
+            "ReleaseJob",
+            self.coordinator
+                .release(&request.job_id, &request.lease_id, &request.reason),
+            |state| pb::ReleaseJobResponse {
+                state: pb::JobState::from(state) as i32,
             },
         )
         .await

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{JobStore, LeaseRequest};
 use vidx_core::domain::{
-    Completed, Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page,
-    PassSpec, PassStatus, now_ms,
+    Completed, Completion, Created, FailOutcome, FailureKind, Heartbeat, Job, JobState, LeasedJob,
+    Page, PassSpec, PassStatus, now_ms,
 };
 use vidx_core::source::JobSource;
 
@@ -50,6 +50,17 @@ fn require_id(what: &str, id: &str) -> Result<()> {
         return Err(Error::invalid(format!("{what} is longer than 512 bytes")));
     }
     Ok(())
+}
+
+/// Reasons are shown in status and logs; keep them to one bounded line.
+fn one_line(reason: &str) -> String {
+    reason
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(2_000)
+        .collect()
 }
 
 fn page_size(requested: u32, default: u32) -> Result<u32> {
@@ -250,31 +261,24 @@ impl Coordinator {
         self.store.lease_holders().await
     }
 
-    /// Records a job failed.
+    /// Records a job failed; the store classifies it by `kind`.
     #[instrument(level = "debug", skip_all, fields(%job_id))]
     pub async fn fail(
         &self,
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
     ) -> Result<FailOutcome> {
         require_id("job id", job_id)?;
         require_id("lease id", lease_id)?;
         if reason.trim().is_empty() {
             return Err(Error::invalid("failure reason is empty"));
         }
-        // Reasons are shown in status and logs; keep them to one bounded line.
-        let reason: String = reason
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(2_000)
-            .collect();
+        let reason = one_line(reason);
         let outcome = self
             .store
-            .fail(job_id, lease_id, &reason, retryable, now_ms())
+            .fail(job_id, lease_id, &reason, kind, now_ms())
             .await?;
         self.note_progress();
         self.metrics
@@ -282,6 +286,24 @@ impl Coordinator {
             .with_label_values(&[outcome.state.as_str()])
             .inc();
         Ok(outcome)
+    }
+
+    /// Takes a job back unfinished: pending again at once without using an attempt, or
+    /// cancelled when its pass was. Returns the job's new state.
+    #[instrument(skip_all, fields(%job_id))]
+    pub async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<JobState> {
+        require_id("job id", job_id)?;
+        require_id("lease id", lease_id)?;
+        let state = self.store.release(job_id, lease_id, now_ms()).await?;
+        if state.is_terminal() {
+            self.note_progress();
+        }
+        self.metrics
+            .job_outcomes
+            .with_label_values(&["released"])
+            .inc();
+        info!(reason = %one_line(reason), %state, "job released");
+        Ok(state)
     }
 
     /// Refreshes the gauges that mirror stored state.
@@ -344,8 +366,13 @@ impl JobSource for Coordinator {
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
     ) -> vidx_core::Result<FailOutcome> {
-        Ok(Coordinator::fail(self, job_id, lease_id, reason, retryable).await?)
+        Ok(Coordinator::fail(self, job_id, lease_id, reason, kind).await?)
+    }
+
+    async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> vidx_core::Result<()> {
+        Coordinator::release(self, job_id, lease_id, reason).await?;
+        Ok(())
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use vidx_core::Error;
 use vidx_core::domain::{
-    Completion, JobState, LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec,
-    now_ms,
+    Completion, FailureKind, JobState, LeasedJob, NewJob, PassSpec, PassState, Sampling, Segment,
+    TaskSpec, now_ms,
 };
 use vidx_core::source::JobSource;
 
@@ -223,7 +223,12 @@ pub async fn fail(fixture: SourceFixture) {
     };
     let retried = fixture
         .source
-        .fail(&flaky.job.job_id, &flaky.lease_id, "store timed out", true)
+        .fail(
+            &flaky.job.job_id,
+            &flaky.lease_id,
+            "store timed out",
+            FailureKind::Retryable,
+        )
         .await
         .unwrap();
     assert_eq!(retried.state, JobState::Failed);
@@ -234,7 +239,7 @@ pub async fn fail(fixture: SourceFixture) {
             &broken.job.job_id,
             &broken.lease_id,
             "not a video: invalid data",
-            false,
+            FailureKind::Permanent,
         )
         .await
         .unwrap();
@@ -263,6 +268,84 @@ pub async fn fail(fixture: SourceFixture) {
             .iter()
             .any(|error| error.reason == "not a video: invalid data"),
         "{status:?}"
+    );
+}
+
+/// A released job is leasable again at once, by another worker, on the same attempt; the pass
+/// counts the release. A job released after its pass was cancelled is cancelled.
+pub async fn release(fixture: SourceFixture) {
+    let pass_id = pass_of(&fixture.coordinator, &["a"]).await;
+    let held = leased_one(fixture.source.lease("w1", 1, 30_000).await.unwrap());
+    fixture
+        .source
+        .release(&held.job.job_id, &held.lease_id, "shutdown")
+        .await
+        .unwrap();
+    assert_eq!(
+        job_state(&fixture.coordinator, &pass_id, &held.job.job_id).await,
+        (JobState::Pending, 0)
+    );
+    let again = leased_one(fixture.source.lease("w2", 1, 30_000).await.unwrap());
+    assert_eq!(again.job.job_id, held.job.job_id);
+    assert_eq!(again.job.attempt, 1, "the release used no attempt");
+    let status = fixture.coordinator.status(&pass_id).await.unwrap();
+    assert_eq!(status.released, 1);
+    assert!(status.recent_errors.is_empty(), "{status:?}");
+
+    fixture.coordinator.cancel(&pass_id).await.unwrap();
+    fixture
+        .source
+        .release(&again.job.job_id, &again.lease_id, "shutdown")
+        .await
+        .unwrap();
+    assert_eq!(
+        job_state(&fixture.coordinator, &pass_id, &again.job.job_id).await,
+        (JobState::Cancelled, 1)
+    );
+}
+
+/// A panic travels as its own kind: the first is retried, the second is dead with its message.
+pub async fn panic_retried_once(fixture: SourceFixture) {
+    let pass_id = pass_of(&fixture.coordinator, &["crashy"]).await;
+    let mut held = leased_one(fixture.source.lease("w1", 1, 30_000).await.unwrap());
+    let first = fixture
+        .source
+        .fail(
+            &held.job.job_id,
+            &held.lease_id,
+            "processing panicked: boom",
+            FailureKind::Panic,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.state, JobState::Failed);
+    // The retry's backoff is a few milliseconds in the suite's retry policy.
+    let mut again = Vec::new();
+    for _ in 0..200 {
+        again = fixture.source.lease("w2", 1, 30_000).await.unwrap();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held = leased_one(again);
+    assert_eq!(held.job.attempt, 2);
+    let second = fixture
+        .source
+        .fail(
+            &held.job.job_id,
+            &held.lease_id,
+            "processing panicked: boom again",
+            FailureKind::Panic,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.state, JobState::Dead, "with an attempt to spare");
+    let status = fixture.coordinator.status(&pass_id).await.unwrap();
+    assert_eq!(status.counts.dead, 1);
+    assert_eq!(
+        status.recent_errors[0].reason,
+        "processing panicked: boom again"
     );
 }
 
@@ -309,10 +392,17 @@ pub async fn stale_lease_fenced(fixture: SourceFixture) {
     fenced(
         fixture
             .source
-            .fail(job_id, &old.lease_id, "late", false)
+            .fail(job_id, &old.lease_id, "late", FailureKind::Permanent)
             .await
             .map(|_| ()),
         "fail",
+    );
+    fenced(
+        fixture
+            .source
+            .release(job_id, &old.lease_id, "shutdown")
+            .await,
+        "release",
     );
     // A lease id that was never issued is fenced the same way.
     fenced(
@@ -398,7 +488,8 @@ pub async fn split(fixture: SourceFixture) {
 macro_rules! job_source_conformance {
     ($make:expr) => {
         $crate::job_source_conformance!(@cases $make;
-            lease, heartbeat, cancel_seen_at_heartbeat, complete, fail, stale_lease_fenced, split);
+            lease, heartbeat, cancel_seen_at_heartbeat, complete, fail, stale_lease_fenced, split,
+            release, panic_retried_once);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

@@ -14,6 +14,7 @@ use vidx_coordinator::store::RetryPolicy;
 const RETRY: RetryPolicy = RetryPolicy {
     base_backoff_ms: 1,
     max_backoff_ms: 1,
+    max_crashes: vidx_coordinator::store::DEFAULT_MAX_CRASHES,
 };
 
 mod in_process {

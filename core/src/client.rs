@@ -11,11 +11,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{AttachToken, Token};
 use crate::domain::{
-    Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, Page, PassSpec,
-    PassStatus, collect_pages,
+    Completion, Created, FailOutcome, FailureKind, Heartbeat, Job, JobState, LeasedJob, Page,
+    PassSpec, PassStatus, collect_pages,
 };
 use crate::error::{Error, Result};
-use crate::wire::job_state_filter_to_pb;
+use crate::wire::{fail_request, job_state_filter_to_pb};
 use vidx_proto::v1 as pb;
 use vidx_proto::v1::pass_service_client::PassServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
@@ -262,28 +262,39 @@ impl CoordinatorClient {
         Ok(())
     }
 
-    /// Reports a job failed.
+    /// Reports a job failed; the coordinator decides from `kind` what becomes of it.
     pub async fn fail(
         &self,
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
     ) -> Result<FailOutcome> {
         let response = self
             .workers
             .clone()
-            .fail_job(pb::FailJobRequest {
-                job_id: job_id.to_owned(),
-                lease_id: lease_id.to_owned(),
-                reason: reason.to_owned(),
-                retryable,
-            })
+            .fail_job(fail_request(job_id, lease_id, reason, kind))
             .await?
             .into_inner();
         Ok(FailOutcome {
             state: JobState::try_from(response.state)?,
             retry_at_ms: response.retry_at_ms,
         })
+    }
+
+    /// Hands a job back unfinished: it is pending again at once without using an attempt (or
+    /// cancelled, when its pass was). Returns the job's state after the release.
+    pub async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<JobState> {
+        let response = self
+            .workers
+            .clone()
+            .release_job(pb::ReleaseJobRequest {
+                job_id: job_id.to_owned(),
+                lease_id: lease_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner();
+        JobState::try_from(response.state)
     }
 }

@@ -335,6 +335,49 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Where a done job's result was written.
     pub result_url: Option<String>,
+    /// Times its lease expired with no word from the worker holding it (the worker presumed
+    /// crashed); at the coordinator's max-crashes the job is dead.
+    #[serde(default)]
+    pub crashes: u32,
+}
+
+/// How a job failed, as its worker saw it. The worker only reports the kind; the job store
+/// decides, in one place, what becomes of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Retrying could help: retried with backoff while attempts last.
+    Retryable,
+    /// Retrying cannot help: the job is dead at once.
+    Permanent,
+    /// The pipeline panicked: retried once; a second panic makes the job dead with its message.
+    Panic,
+}
+
+impl FailureKind {
+    /// The name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Permanent => "permanent",
+            FailureKind::Panic => "panic",
+        }
+    }
+
+    /// The kind a plain retryable flag stands for (clients that predate the kind).
+    pub fn from_retryable(retryable: bool) -> Self {
+        if retryable {
+            FailureKind::Retryable
+        } else {
+            FailureKind::Permanent
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A job handed to a worker, with everything the worker needs.
@@ -484,6 +527,8 @@ pub struct PassStatus {
     pub created_at_ms: i64,
     /// Why planning failed.
     pub planning_error: Option<String>,
+    /// Times a job of the pass was handed back unfinished (released).
+    pub released: u64,
 }
 
 /// A page of results and the cursor to the next.

@@ -95,13 +95,18 @@ impl Error {
         }
     }
 
-    /// Whether trying the same call again later could succeed.
+    /// Whether trying the same call again later could succeed: the coordinator or its store
+    /// could not be reached, the call timed out or was refused for load, or the connection broke
+    /// mid-call (which tonic reports as `UNKNOWN` or `CANCELLED` with a transport message).
+    /// Workers retry these with backoff while their lease lasts; everything else is an answer.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unavailable(_) | Error::Transport(_) => true,
-            Error::Remote { code, .. } => {
-                matches!(code, Code::Unavailable | Code::DeadlineExceeded)
-            }
+            Error::Remote { code, message } => match code {
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => true,
+                Code::Unknown | Code::Cancelled => is_broken_connection(message),
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -189,6 +194,23 @@ impl From<tonic::transport::Error> for Error {
     }
 }
 
+/// Whether a status message is one tonic or hyper gives a call whose connection broke, rather
+/// than one a server chose to send.
+fn is_broken_connection(message: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "transport error",
+        "connection",
+        "broken pipe",
+        "h2 protocol error",
+        "stream closed",
+        "operation was canceled",
+        "timed out",
+        "error reading a body",
+    ];
+    let message = message.to_ascii_lowercase();
+    SIGNS.iter().any(|sign| message.contains(sign))
+}
+
 fn metadata_str<'a>(status: &'a Status, key: &str) -> Option<&'a str> {
     status
         .metadata()
@@ -251,6 +273,13 @@ mod tests {
         assert!(round_trip(Error::Unavailable("redis down".into())).is_transient());
         assert!(Error::Transport("connection reset".into()).is_transient());
         assert!(Error::from(Status::deadline_exceeded("slow")).is_transient());
+        assert!(Error::from(Status::resource_exhausted("too many calls")).is_transient());
+        assert!(Error::from(Status::unknown("transport error")).is_transient());
+        assert!(Error::from(Status::unknown("h2 protocol error: connection reset")).is_transient());
+        assert!(Error::from(Status::cancelled("operation was canceled")).is_transient());
+        // An UNKNOWN a server chose to send is an answer, not a broken connection.
+        assert!(!Error::from(Status::unknown("handler panicked")).is_transient());
+        assert!(!Error::from(Status::aborted("proxy gave up")).is_transient());
         assert!(!round_trip(Error::invalid("bad")).is_transient());
         assert!(
             !round_trip(Error::StaleLease {

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 
 use crate::client::CoordinatorClient;
-use crate::domain::{Completion, FailOutcome, Heartbeat, LeasedJob};
+use crate::domain::{Completion, FailOutcome, FailureKind, Heartbeat, LeasedJob};
 use crate::error::Result;
 
 /// The coordinator's worker-facing operations. Every call but `lease` is fenced by the lease id
@@ -22,14 +22,20 @@ pub trait JobSource: Send + Sync + 'static {
     async fn heartbeat(&self, job_id: &str, lease_id: &str, extend_ms: u64) -> Result<Heartbeat>;
     /// Reports a job done, or split into the completion's segments.
     async fn complete(&self, job_id: &str, lease_id: &str, completion: &Completion) -> Result<()>;
-    /// Reports a job failed; `retryable` failures come back after a backoff while attempts last.
+    /// Reports a job failed. The coordinator classifies by `kind`: a retryable failure comes
+    /// back after a backoff while attempts last, a permanent one is dead at once, a panic is
+    /// retried once and dead at the second.
     async fn fail(
         &self,
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
     ) -> Result<FailOutcome>;
+    /// Hands a job back unfinished (the worker is shutting down): it is pending again at once,
+    /// due now, and the attempt it was leased under is given back, so its next lease carries the
+    /// same attempt number. A job of a cancelled pass becomes cancelled instead.
+    async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<()>;
 }
 
 #[async_trait]
@@ -48,8 +54,12 @@ impl JobSource for CoordinatorClient {
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
     ) -> Result<FailOutcome> {
-        CoordinatorClient::fail(self, job_id, lease_id, reason, retryable).await
+        CoordinatorClient::fail(self, job_id, lease_id, reason, kind).await
+    }
+    async fn release(&self, job_id: &str, lease_id: &str, reason: &str) -> Result<()> {
+        CoordinatorClient::release(self, job_id, lease_id, reason).await?;
+        Ok(())
     }
 }

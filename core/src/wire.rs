@@ -6,8 +6,8 @@
 use vidx_proto::v1 as pb;
 
 use crate::domain::{
-    Completion, Created, DEFAULT_MAX_ATTEMPTS, ErrorReport, Heartbeat, Job, JobCounts, JobState,
-    LeasedJob, NewJob, PassSpec, PassState, PassStatus, Sampling, Segment, TaskSpec,
+    Completion, Created, DEFAULT_MAX_ATTEMPTS, ErrorReport, FailureKind, Heartbeat, Job, JobCounts,
+    JobState, LeasedJob, NewJob, PassSpec, PassState, PassStatus, Sampling, Segment, TaskSpec,
 };
 use crate::error::Error;
 
@@ -202,6 +202,7 @@ impl From<&PassStatus> for pb::PassStatus {
             sampling: Some(pb::Sampling::from(&status.spec.sampling)),
             idempotency_key: status.spec.idempotency_key.clone().unwrap_or_default(),
             max_attempts: status.spec.max_attempts,
+            released: status.released,
         }
     }
 }
@@ -236,6 +237,7 @@ impl TryFrom<pb::PassStatus> for PassStatus {
             recent_errors: status.recent_errors.into_iter().map(Into::into).collect(),
             created_at_ms: status.created_at_ms,
             planning_error: non_empty(status.planning_error),
+            released: status.released,
         })
     }
 }
@@ -303,6 +305,7 @@ impl From<&Job> for pb::Job {
             etag: job.spec.etag.clone().unwrap_or_default(),
             probe: job.spec.probe,
             result_url: job.result_url.clone().unwrap_or_default(),
+            crashes: job.crashes,
         }
     }
 }
@@ -326,6 +329,7 @@ impl TryFrom<pb::Job> for Job {
             attempt: job.attempt,
             last_error: non_empty(job.last_error),
             result_url: non_empty(job.result_url),
+            crashes: job.crashes,
         })
     }
 }
@@ -392,6 +396,48 @@ impl From<&pb::CompleteJobRequest> for Completion {
     }
 }
 
+impl From<FailureKind> for pb::FailureKind {
+    fn from(kind: FailureKind) -> Self {
+        match kind {
+            FailureKind::Retryable => pb::FailureKind::Retryable,
+            FailureKind::Permanent => pb::FailureKind::Permanent,
+            FailureKind::Panic => pb::FailureKind::Panic,
+        }
+    }
+}
+
+/// Reads a failure report's kind: an unspecified kind falls back to the deprecated `retryable`
+/// flag (workers that predate the kind); an unknown number is the caller's mistake.
+pub fn failure_kind(request: &pb::FailJobRequest) -> Result<FailureKind, Error> {
+    match pb::FailureKind::try_from(request.kind) {
+        Ok(pb::FailureKind::Unspecified) => Ok(FailureKind::from_retryable(request.retryable)),
+        Ok(pb::FailureKind::Retryable) => Ok(FailureKind::Retryable),
+        Ok(pb::FailureKind::Permanent) => Ok(FailureKind::Permanent),
+        Ok(pb::FailureKind::Panic) => Ok(FailureKind::Panic),
+        Err(_) => Err(Error::invalid(format!(
+            "failure kind {} is not a known kind",
+            request.kind
+        ))),
+    }
+}
+
+/// Writes a failure report; the deprecated `retryable` flag is set too, so a coordinator that
+/// predates the kind still reads a retryable failure (and a panic) as retryable.
+pub fn fail_request(
+    job_id: &str,
+    lease_id: &str,
+    reason: &str,
+    kind: FailureKind,
+) -> pb::FailJobRequest {
+    pb::FailJobRequest {
+        job_id: job_id.to_owned(),
+        lease_id: lease_id.to_owned(),
+        reason: reason.to_owned(),
+        retryable: kind != FailureKind::Permanent,
+        kind: pb::FailureKind::from(kind) as i32,
+    }
+}
+
 impl From<&Segment> for pb::Segment {
     fn from(segment: &Segment) -> Self {
         pb::Segment {
@@ -443,6 +489,7 @@ mod tests {
             }],
             created_at_ms: 1,
             planning_error: None,
+            released: 4,
         };
         let back = PassStatus::try_from(pb::PassStatus::from(&status)).unwrap();
         assert_eq!(back, status);
@@ -466,6 +513,7 @@ mod tests {
                 attempt: 2,
                 last_error: Some("timed out".into()),
                 result_url: None,
+                crashes: 1,
             },
             lease_id: "l".into(),
             deadline_ms: 77,
@@ -500,5 +548,40 @@ mod tests {
             );
         }
         assert!(matches!(PassState::try_from(42), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn failure_kinds_survive_the_wire_and_old_workers_are_understood() {
+        for kind in [
+            FailureKind::Retryable,
+            FailureKind::Permanent,
+            FailureKind::Panic,
+        ] {
+            let request = fail_request("p.1", "l", "boom", kind);
+            assert_eq!(failure_kind(&request).unwrap(), kind);
+        }
+        let old_worker = |retryable| pb::FailJobRequest {
+            job_id: "p.1".into(),
+            lease_id: "l".into(),
+            reason: "boom".into(),
+            retryable,
+            kind: 0,
+        };
+        assert_eq!(
+            failure_kind(&old_worker(true)).unwrap(),
+            FailureKind::Retryable
+        );
+        assert_eq!(
+            failure_kind(&old_worker(false)).unwrap(),
+            FailureKind::Permanent
+        );
+        let unknown = pb::FailJobRequest {
+            kind: 99,
+            ..old_worker(true)
+        };
+        assert!(matches!(
+            failure_kind(&unknown),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

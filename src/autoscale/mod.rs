@@ -448,6 +448,7 @@ mod tests {
             recent_errors: Vec::new(),
             created_at_ms: 0,
             planning_error: None,
+            released: 0,
         };
         let passes = [
             pass(PassState::Running, 3, 2, 1),

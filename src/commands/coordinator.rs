@@ -45,6 +45,9 @@ impl CoordinatorArgs {
                 self.retry_max_ms
             );
         }
+        if self.max_crashes == 0 {
+            bail!("--max-crashes must be at least 1, got 0");
+        }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             bail!("redis prefix must be non-empty without spaces");
         }
@@ -76,6 +79,7 @@ impl CoordinatorArgs {
             retry: RetryPolicy {
                 base_backoff_ms: self.retry_base_ms,
                 max_backoff_ms: self.retry_max_ms,
+                max_crashes: self.max_crashes,
             },
             server,
             access,

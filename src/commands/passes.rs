@@ -86,6 +86,13 @@ pub fn render(status: &PassStatus) -> String {
         "throughput   {:.2} jobs/s, eta {eta}",
         status.jobs_per_second
     );
+    if status.released > 0 {
+        let _ = writeln!(
+            out,
+            "released     {} (handed back unfinished)",
+            status.released
+        );
+    }
     if let Some(error) = &status.planning_error {
         let _ = writeln!(out, "planning     failed: {error}");
     }
@@ -184,10 +191,11 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
             println!("{}", serde_json::to_string(job)?);
         } else {
             println!(
-                "{}  {:<9}  attempt {}  {} [{}, {}]  {}",
+                "{}  {:<9}  attempt {}  crashes {}  {} [{}, {}]  {}",
                 job.job_id,
                 job.state.as_str(),
                 job.attempt,
+                job.crashes,
                 job.spec.video_url,
                 job.spec.start_s,
                 job.spec.end_s,

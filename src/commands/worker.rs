@@ -232,6 +232,7 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
     let retry = RetryPolicy {
         base_backoff_ms: 500,
         max_backoff_ms: 5_000,
+        ..RetryPolicy::default()
     };
     // The embedded coordinator reads and writes what this command was given, and no more (a
     // manifest's entries: next to it, or under an --allow-prefix).

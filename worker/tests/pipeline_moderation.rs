@@ -89,6 +89,7 @@ fn three_questions_share_one_vision_pass_and_match_separate_runs() {
             attempt: 1,
             last_error: None,
             result_url: None,
+            crashes: 0,
         },
         lease_id: "1".into(),
         deadline_ms: 0,

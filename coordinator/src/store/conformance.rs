@@ -9,16 +9,24 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+mod handback;
+
+pub use self::handback::{
+    crash_counts_survive_other_transitions, crashes_are_counted_until_dead,
+    panics_are_retried_once, release_hands_a_job_back, release_in_a_cancelled_pass_cancels,
+    releases_never_use_up_attempts,
+};
 use super::{JobStore, LeaseRequest, RetryPolicy};
 use crate::error::Error;
 use vidx_core::domain::{
-    Completion, JobState, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec,
+    Completion, FailureKind, JobState, NewJob, PassSpec, PassState, Sampling, Segment, TaskSpec,
 };
 
 /// The retry policy every conformance store must be built with.
 pub const RETRY: RetryPolicy = RetryPolicy {
     base_backoff_ms: 1_000,
     max_backoff_ms: 10_000,
+    max_crashes: 2,
 };
 
 /// A fixed starting time, so results do not depend on the clock.
@@ -243,7 +251,13 @@ pub async fn stale_lease_is_fenced(store: Arc<dyn JobStore>) {
         "{completed:?}"
     );
     let failed = store
-        .fail(&old.job.job_id, &old.lease_id, "late", true, T0 + 1_002)
+        .fail(
+            &old.job.job_id,
+            &old.lease_id,
+            "late",
+            FailureKind::Retryable,
+            T0 + 1_002,
+        )
         .await;
     assert!(
         matches!(failed, Err(Error::StaleLease { .. })),
@@ -294,7 +308,13 @@ pub async fn retry_with_backoff_then_dead(store: Arc<dyn JobStore>) {
         .remove(0);
     let job_id = leased.job.job_id.clone();
     let outcome = store
-        .fail(&job_id, &leased.lease_id, "decoder hiccup 1", true, now)
+        .fail(
+            &job_id,
+            &leased.lease_id,
+            "decoder hiccup 1",
+            FailureKind::Retryable,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(outcome.state, JobState::Failed);
@@ -326,7 +346,13 @@ pub async fn retry_with_backoff_then_dead(store: Arc<dyn JobStore>) {
     );
     assert_eq!(retry.job.last_error.as_deref(), Some("decoder hiccup 1"));
     let outcome = store
-        .fail(&job_id, &retry.lease_id, "decoder hiccup 2", true, now)
+        .fail(
+            &job_id,
+            &retry.lease_id,
+            "decoder hiccup 2",
+            FailureKind::Retryable,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -342,7 +368,13 @@ pub async fn retry_with_backoff_then_dead(store: Arc<dyn JobStore>) {
         .remove(0);
     assert_eq!(last.job.attempt, 3);
     let outcome = store
-        .fail(&job_id, &last.lease_id, "decoder hiccup 3", true, now)
+        .fail(
+            &job_id,
+            &last.lease_id,
+            "decoder hiccup 3",
+            FailureKind::Retryable,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!((outcome.state, outcome.retry_at_ms), (JobState::Dead, 0));
@@ -352,7 +384,7 @@ pub async fn retry_with_backoff_then_dead(store: Arc<dyn JobStore>) {
             &other[0].job.job_id,
             &other[0].lease_id,
             "not a video",
-            false,
+            FailureKind::Permanent,
             now,
         )
         .await
@@ -415,7 +447,7 @@ pub async fn cancel(store: Arc<dyn JobStore>) {
             &leased[1].job.job_id,
             &leased[1].lease_id,
             "flaky",
-            true,
+            FailureKind::Retryable,
             T0,
         )
         .await
@@ -447,7 +479,7 @@ pub async fn cancel(store: Arc<dyn JobStore>) {
             &leased[0].job.job_id,
             &leased[0].lease_id,
             "stopped",
-            true,
+            FailureKind::Retryable,
             T0 + 3,
         )
         .await
@@ -962,7 +994,13 @@ pub async fn lease_holders_are_named(store: Arc<dyn JobStore>) {
     }
     assert_eq!(store.lease_holders().await.unwrap(), ["pod-a"]);
     store
-        .fail(&a[0].job.job_id, &a[0].lease_id, "oom", true, T0 + 3)
+        .fail(
+            &a[0].job.job_id,
+            &a[0].lease_id,
+            "oom",
+            FailureKind::Retryable,
+            T0 + 3,
+        )
         .await
         .unwrap();
     assert!(store.lease_holders().await.unwrap().is_empty());
@@ -977,7 +1015,10 @@ macro_rules! job_store_conformance {
             retry_with_backoff_then_dead, expiry_on_last_attempt_is_dead, cancel,
             cancel_finished_is_noop, idempotent_submit, status_and_listing,
             planning_is_resumable, probe_job_splits_into_segments, concurrent_reapers,
-            expire_old_passes, filtered_listing_walks_a_big_pass, lease_holders_are_named);
+            expire_old_passes, filtered_listing_walks_a_big_pass, lease_holders_are_named,
+            release_hands_a_job_back, releases_never_use_up_attempts,
+            release_in_a_cancelled_pass_cancels, crashes_are_counted_until_dead,
+            crash_counts_survive_other_transitions, panics_are_retried_once);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

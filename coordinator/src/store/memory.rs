@@ -8,13 +8,13 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    BUCKET_MS, Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state,
-    job_id_for, page_token, segment_jobs, throughput, validate_segments,
+    BUCKET_MS, Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, crash_reason,
+    effective_state, job_id_for, page_token, segment_jobs, throughput, validate_segments,
 };
 use crate::error::{Error, Result};
 use vidx_core::domain::{
-    Completed, Completion, ErrorReport, FailOutcome, Heartbeat, Job, JobCounts, JobState,
-    LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
+    Completed, Completion, ErrorReport, FailOutcome, FailureKind, Heartbeat, Job, JobCounts,
+    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
 };
 
 /// Recent errors kept per pass.
@@ -36,6 +36,8 @@ struct PassRecord {
     errors: VecDeque<ErrorReport>,
     /// Completions per 10-second bucket.
     buckets: BTreeMap<i64, u64>,
+    /// Jobs handed back unfinished.
+    released: u64,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,8 @@ struct JobRecord {
     seq: u64,
     lease: Option<Lease>,
     retry_at_ms: i64,
+    /// Panics reported so far: the first is retried, the second is fatal.
+    panics: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -169,10 +173,12 @@ impl State {
                     attempt: 0,
                     last_error: None,
                     result_url: None,
+                    crashes: 0,
                 },
                 seq,
                 lease: None,
                 retry_at_ms: 0,
+                panics: 0,
             },
         );
         true
@@ -237,6 +243,7 @@ impl State {
             recent_errors: pass.errors.iter().cloned().collect(),
             created_at_ms: pass.created_at_ms,
             planning_error: pass.planning_error.clone(),
+            released: pass.released,
         })
     }
 
@@ -291,6 +298,7 @@ impl JobStore for MemoryStore {
                 next_seq: 0,
                 errors: VecDeque::new(),
                 buckets: BTreeMap::new(),
+                released: 0,
             },
         );
         Ok(Created {
@@ -597,21 +605,32 @@ impl JobStore for MemoryStore {
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
         now_ms: i64,
     ) -> Result<FailOutcome> {
         let mut state = self.lock();
         let record = state.current_lease(job_id, lease_id)?;
         let attempt = record.job.attempt;
+        let panics_before = record.panics;
         let pass_id = record.job.pass_id.clone();
         let max_attempts = state.pass(&pass_id)?.spec.max_attempts;
         state.record_error(job_id, reason, now_ms);
+        if kind == FailureKind::Panic
+            && let Some(record) = state.jobs.get_mut(job_id)
+        {
+            record.panics += 1;
+        }
+        let retry = match kind {
+            FailureKind::Retryable => true,
+            FailureKind::Panic => panics_before == 0,
+            FailureKind::Permanent => false,
+        };
         let outcome = if state.pass_stopped(&pass_id) {
             FailOutcome {
                 state: JobState::Cancelled,
                 retry_at_ms: 0,
             }
-        } else if retryable && attempt < max_attempts {
+        } else if retry && attempt < max_attempts {
             FailOutcome {
                 state: JobState::Failed,
                 retry_at_ms: now_ms + self.retry.backoff_ms(attempt),
@@ -638,6 +657,28 @@ impl JobStore for MemoryStore {
         Ok(outcome)
     }
 
+    async fn release(&self, job_id: &str, lease_id: &str, now_ms: i64) -> Result<JobState> {
+        let mut state = self.lock();
+        let record = state.current_lease(job_id, lease_id)?;
+        let pass_id = record.job.pass_id.clone();
+        let to = if state.pass_stopped(&pass_id) {
+            JobState::Cancelled
+        } else {
+            JobState::Pending
+        };
+        state.transition(job_id, to);
+        if to == JobState::Pending
+            && let Some(record) = state.jobs.get_mut(job_id)
+        {
+            record.job.attempt = record.job.attempt.saturating_sub(1);
+        }
+        if to.is_terminal() {
+            state.count_finished(&pass_id, now_ms);
+        }
+        state.pass_mut(&pass_id)?.released += 1;
+        Ok(to)
+    }
+
     async fn reap_expired(&self, now_ms: i64, limit: u32) -> Result<u64> {
         let mut state = self.lock();
         let expired: Vec<String> = state
@@ -648,14 +689,26 @@ impl JobStore for MemoryStore {
             .map(|(_, job_id)| job_id.clone())
             .collect();
         for job_id in &expired {
-            let record = &state.jobs[job_id];
+            let record = state
+                .jobs
+                .get_mut(job_id)
+                .expect("job exists: taken from the leases");
+            record.job.crashes += 1;
+            let crashes = record.job.crashes;
             let pass_id = record.job.pass_id.clone();
             let attempt = record.job.attempt;
             let max_attempts = state.pass(&pass_id)?.spec.max_attempts;
-            state.record_error(job_id, "lease expired", now_ms);
-            let to = if state.pass_stopped(&pass_id) {
+            let stopped = state.pass_stopped(&pass_id);
+            let crashed_out = crashes >= self.retry.max_crashes;
+            let reason = if crashed_out && !stopped {
+                crash_reason(crashes)
+            } else {
+                "lease expired".to_owned()
+            };
+            state.record_error(job_id, &reason, now_ms);
+            let to = if stopped {
                 JobState::Cancelled
-            } else if attempt >= max_attempts {
+            } else if crashed_out || attempt >= max_attempts {
                 JobState::Dead
             } else {
                 JobState::Pending

@@ -16,9 +16,12 @@ pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 use crate::error::Result;
 use vidx_core::domain::{
-    Completed, Completion, Created, FailOutcome, Heartbeat, Job, JobState, LeasedJob, NewJob, Page,
-    PassSpec, PassStatus,
+    Completed, Completion, Created, FailOutcome, FailureKind, Heartbeat, Job, JobState, LeasedJob,
+    NewJob, Page, PassSpec, PassStatus,
 };
+
+/// Default number of presumed worker crashes after which a job is dead.
+pub const DEFAULT_MAX_CRASHES: u32 = 2;
 
 /// How failed jobs are retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,6 +30,10 @@ pub struct RetryPolicy {
     pub base_backoff_ms: i64,
     /// Upper bound of the backoff.
     pub max_backoff_ms: i64,
+    /// A job whose lease expired with no word from its worker this many times (the worker
+    /// presumed crashed on it: a segfault, an OOM kill) is dead, so a poison video cannot take
+    /// down worker after worker. At least 1.
+    pub max_crashes: u32,
 }
 
 impl Default for RetryPolicy {
@@ -34,8 +41,14 @@ impl Default for RetryPolicy {
         RetryPolicy {
             base_backoff_ms: 2_000,
             max_backoff_ms: 300_000,
+            max_crashes: DEFAULT_MAX_CRASHES,
         }
     }
+}
+
+/// The reason a job dead of crashes is given.
+pub fn crash_reason(crashes: u32) -> String {
+    format!("worker crashed {crashes} times on this video")
 }
 
 impl RetryPolicy {
@@ -156,19 +169,28 @@ pub trait JobStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Completed>;
 
-    /// Records a failure: a retryable one schedules a retry with backoff while attempts remain,
-    /// anything else makes the job dead. Fails with `StaleLease` on a stale lease.
+    /// Records a failure and classifies it, here and nowhere else: a retryable one schedules a
+    /// retry with backoff while attempts remain; a permanent one makes the job dead; a panic is
+    /// retried like a retryable failure the first time and makes the job dead the second time.
+    /// A job of a stopped pass becomes cancelled. Fails with `StaleLease` on a stale lease.
     async fn fail(
         &self,
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
         now_ms: i64,
     ) -> Result<FailOutcome>;
 
-    /// Returns up to `limit` jobs whose lease deadline passed to pending (or dead, when out of
-    /// attempts). Safe to run from several replicas at once. Returns how many were reaped.
+    /// Hands a leased job back unfinished: it is pending at once (leasable by the next call),
+    /// and the attempt its lease counted is given back, so the next lease carries the same
+    /// attempt number. A job of a stopped pass becomes cancelled. Counted in the pass's
+    /// `released`. Fails with `StaleLease` on a stale lease. Returns the job's new state.
+    async fn release(&self, job_id: &str, lease_id: &str, now_ms: i64) -> Result<JobState>;
+
+    /// Returns up to `limit` jobs whose lease deadline passed to pending, counting a crash on
+    /// each; a job is dead when out of attempts, or at the policy's `max_crashes` with
+    /// [`crash_reason`]. Safe to run from several replicas at once. Returns how many were reaped.
     async fn reap_expired(&self, now_ms: i64, limit: u32) -> Result<u64>;
 
     /// Number of leases currently held, over all passes.

@@ -31,12 +31,12 @@ pub mod lease;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, error, info, info_span, warn};
-use vidx_core::domain::{Completion, LeasedJob, Segment};
+use vidx_core::domain::{Completion, FailureKind, LeasedJob, Segment};
 use vidx_core::source::JobSource;
 
 use self::lease::{Backoff, LeaseClock, LeaseKeeper, call_with_retry};
@@ -131,6 +131,11 @@ pub struct JobFailure {
 }
 
 impl JobFailure {
+    /// The kind reported to the coordinator, which decides what becomes of the job.
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::from_retryable(self.retryable)
+    }
+
     /// A short label of the stage that failed, for metrics (from the reason's `stage:` prefix).
     pub fn label(&self) -> &'static str {
         let stage = self.reason.split(':').next().unwrap_or_default();
@@ -542,7 +547,7 @@ async fn finish(
         Processed::Failed(failure) => {
             warn!(reason = %failure.reason, retryable = failure.retryable, "job failed");
             let reported = call_with_retry("fail", clock.expires(), health, || {
-                source.fail(job_id, lease_id, &failure.reason, failure.retryable)
+                source.fail(job_id, lease_id, &failure.reason, failure.kind())
             })
             .await
             .map(|_| ());
@@ -553,7 +558,7 @@ async fn finish(
             let reason = format!("processing panicked: {message}");
             warn!(%reason, "job failed");
             let reported = call_with_retry("fail", clock.expires(), health, || {
-                source.fail(job_id, lease_id, &reason, true)
+                source.fail(job_id, lease_id, &reason, FailureKind::Panic)
             })
             .await
             .map(|_| ());
@@ -578,13 +583,29 @@ async fn finish(
     }
 }
 
-/// Shutdown's grace is over and the job has not finished: give it back to the coordinator.
-async fn hand_back(shared: &Shared, _job: &LeasedJob, clock: &LeaseClock) -> JobEnd {
+/// Shutdown's grace is over and the job has not finished: give it back to the coordinator, so
+/// that another worker takes it at once with its attempt unchanged. The release is retried
+/// through transient errors until the grace ends (or the lease, if sooner).
+async fn hand_back(shared: &Shared, job: &LeasedJob, clock: &LeaseClock) -> JobEnd {
     let config = &shared.config;
-    // Until the store's release call lands, a job handed back is left to its lease: it runs
-    // again once the lease runs out.
-    let _ = clock;
-    warn!("grace over: job handed back unfinished");
+    let margin = config.grace.saturating_sub(config.hand_back_after());
+    let until = clock.expires().min(Instant::now() + margin);
+    let (job_id, lease_id) = (job.job.job_id.as_str(), job.lease_id.as_str());
+    let released = call_with_retry("release", until, &config.health, || {
+        shared
+            .source
+            .release(job_id, lease_id, "worker shutting down")
+    })
+    .await;
+    match released {
+        Ok(()) => info!("grace over: job handed back unfinished"),
+        Err(error) if error.is_stale_lease() => {
+            warn!(%error, "grace over: the lease had already moved on");
+        }
+        Err(error) => {
+            warn!(%error, "cannot hand the job back; it runs again once its lease runs out");
+        }
+    }
     job_finished(config, "released", "shutdown", &JobTimings::default());
     JobEnd::Released
 }

@@ -6,9 +6,10 @@
 //! `hash-max-listpack-value` 64 by default), where a field costs its bytes plus two or three, not
 //! the ~50 bytes of overhead of a key or of a hashtable entry. Each job has up to three fields:
 //!
-//! - `{slot}`: `{state}{attempt}|{where}`: the state as one letter ([`state_code`]), the attempt
-//!   count, and `where` = JSON `[url, start_s, end_s, probe]`, the URL relative to the pass's base
-//!   (see [`encode_url`]);
+//! - `{slot}`: `{state}{attempt}{counts}|{where}`: the state as one letter ([`state_code`]), the
+//!   attempt count, the rare counts (`c{crashes}` and `k{panics}`, each only when above zero, so a
+//!   job that never crashed or panicked pays nothing for them), and `where` = JSON
+//!   `[url, start_s, end_s, probe]`, the URL relative to the pass's base (see [`encode_url`]);
 //! - `{slot}v`: JSON `[size_bytes, etag]`, what the video looked like when listed. The worker
 //!   needs it to read the video; once the job is done, the evidence document records it, so it is
 //!   dropped;
@@ -17,8 +18,9 @@
 //!
 //! Planning also keeps a de-duplication index (`P:d:{pass}:{bucket}`, 2^17 buckets by identity
 //! hash, 8-byte fields) so that re-adding a video is a no-op; it is dropped when planning ends.
-//! Lua scripts read only the `{state}{attempt}|` head; everything after it is encoded and decoded
-//! here, in one place.
+//! Lua scripts read only the `{state}{attempt}{counts}|` head and pass the rest along untouched
+//! (`prelude.lua` `read_job`: its `rest` is `{counts}|{where}`); the `where` part is encoded and
+//! decoded here, in one place.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -118,14 +120,41 @@ pub fn decode_spec(base: &str, where_part: &str, version: Option<&str>) -> Resul
     })
 }
 
-/// A record's head, `{state}{attempt}|{where}`, split into its parts.
-pub fn split_record(record: &str) -> Result<(JobState, u32, &str)> {
+/// A record split into its parts: state, attempt, crash count and `where` part.
+pub fn split_record(record: &str) -> Result<(JobState, u32, u32, &str)> {
     let corrupt = || Error::Corrupt(format!("job record {record:?}"));
-    let (head, where_part) = record.split_once('|').ok_or_else(corrupt)?;
-    let mut chars = head.chars();
+    let mut chars = record.chars();
     let state = chars.next().and_then(state_from_code).ok_or_else(corrupt)?;
-    let attempt = chars.as_str().parse().map_err(|_| corrupt())?;
-    Ok((state, attempt, where_part))
+    let after_state = chars.as_str();
+    let digits = after_state
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after_state.len());
+    let attempt = after_state[..digits].parse().map_err(|_| corrupt())?;
+    let (crashes, where_part) = split_rest(&after_state[digits..])?;
+    Ok((state, attempt, crashes, where_part))
+}
+
+/// What scripts hand back as a record's `rest` (`{counts}|{where}`): the crash count and the
+/// `where` part. Panics are only read by the scripts.
+pub fn split_rest(rest: &str) -> Result<(u32, &str)> {
+    let corrupt = || Error::Corrupt(format!("job record rest {rest:?}"));
+    let (counts, where_part) = rest.split_once('|').ok_or_else(corrupt)?;
+    let mut crashes = 0;
+    let mut remaining = counts;
+    while let Some(tag) = remaining.chars().next() {
+        let body = &remaining[tag.len_utf8()..];
+        let digits = body
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(body.len());
+        let value: u32 = body[..digits].parse().map_err(|_| corrupt())?;
+        match tag {
+            'c' => crashes = value,
+            'k' => {}
+            _ => return Err(corrupt()),
+        }
+        remaining = &body[digits..];
+    }
+    Ok((crashes, where_part))
 }
 
 /// Hex digests (ETags, content hashes, the video ids in evidence keys) are stored as base64 of
@@ -333,9 +362,17 @@ mod tests {
     fn records_and_ids_parse() {
         assert_eq!(
             split_record("l3|[\"a\",0.0,0.0,1]").unwrap(),
-            (JobState::Leased, 3, "[\"a\",0.0,0.0,1]")
+            (JobState::Leased, 3, 0, "[\"a\",0.0,0.0,1]")
         );
+        assert_eq!(
+            split_record("p2c1k1|[\"a|b\",0.0,0.0,1]").unwrap(),
+            (JobState::Pending, 2, 1, "[\"a|b\",0.0,0.0,1]")
+        );
+        assert_eq!(split_rest("k1c12|x").unwrap(), (12, "x"));
         assert!(split_record("q1|x").is_err());
+        assert!(split_record("p1z3|x").is_err());
+        assert!(split_record("p1c|x").is_err());
+        assert!(split_record("p1").is_err());
         assert_eq!(parse_job_id("pass-abc.17"), Some(("pass-abc", 17)));
         for bad in ["pass-x.nope", "pass-x.0", "pass-x.017", ".5", "nodot"] {
             assert_eq!(parse_job_id(bad), None, "{bad}");

@@ -28,7 +28,7 @@ use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use self::codec::{
     DEDUP_BUCKETS, JOBS_PER_BUCKET, decode_result, decode_spec, encode_result, encode_version,
-    encode_where, parse_job_id, split_record, url_base,
+    encode_where, parse_job_id, split_record, split_rest, url_base,
 };
 use super::{
     Created, JobStore, LeaseRequest, PlanningPass, RetryPolicy, effective_state, page_token,
@@ -37,8 +37,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::store::memory::{jobs_scope, new_pass_id};
 use vidx_core::domain::{
-    Completed, Completion, ErrorReport, FailOutcome, Heartbeat, Job, JobCounts, JobState,
-    LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
+    Completed, Completion, ErrorReport, FailOutcome, FailureKind, Heartbeat, Job, JobCounts,
+    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
 };
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -60,6 +60,7 @@ struct Scripts {
     heartbeat: Script,
     complete: Script,
     fail: Script,
+    release: Script,
     reap: Script,
     list: Script,
 }
@@ -80,6 +81,7 @@ impl Scripts {
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             complete: script(include_str!("lua/complete.lua")),
             fail: script(include_str!("lua/fail.lua")),
+            release: script(include_str!("lua/release.lua")),
             reap: script(include_str!("lua/reap.lua")),
             list: script(include_str!("lua/list.lua")),
         }
@@ -119,6 +121,7 @@ struct StoredJob<'a> {
     /// The state to report: the record's, or cancelled for a queued job of a stopped pass.
     state: JobState,
     attempt: u32,
+    crashes: u32,
     where_part: &'a str,
     version: Option<&'a str>,
     result: Option<&'a str>,
@@ -223,6 +226,7 @@ impl RedisStore {
             attempt: stored.attempt,
             last_error: stored.last_error.map(str::to_owned),
             result_url,
+            crashes: stored.crashes,
         })
     }
 
@@ -301,6 +305,7 @@ impl RedisStore {
             recent_errors,
             created_at_ms,
             planning_error: fields.get("error").cloned(),
+            released: field_i64(&fields, "released").max(0) as u64,
         })
     }
 
@@ -339,7 +344,7 @@ impl RedisStore {
                 let video_url = record
                     .as_deref()
                     .and_then(|record| split_record(record).ok())
-                    .and_then(|(_, _, where_part)| decode_spec(base, where_part, None).ok())
+                    .and_then(|(_, _, _, where_part)| decode_spec(base, where_part, None).ok())
                     .map(|spec| spec.video_url)
                     .unwrap_or_default();
                 ErrorReport {

@@ -187,13 +187,15 @@ impl JobStore for RedisStore {
             let attempt = attempt
                 .parse()
                 .map_err(|_| Error::Corrupt(format!("list replied attempt {attempt:?}")))?;
+            let (crashes, where_part) = split_rest(rest)?;
             items.push(
                 self.decode_job(StoredJob {
                     job_id: format!("{pass_id}.{n}"),
                     pass_id,
                     state,
                     attempt,
-                    where_part: rest,
+                    crashes,
+                    where_part,
                     version: non_empty(version),
                     result: non_empty(result),
                     last_error: non_empty(last_error),
@@ -223,7 +225,7 @@ impl JobStore for RedisStore {
             .query_async(&mut self.conn())
             .await?;
         let record = record.ok_or_else(not_found)?;
-        let (recorded, attempt, where_part) = split_record(&record)?;
+        let (recorded, attempt, crashes, where_part) = split_record(&record)?;
         let stopped = matches!(pass_state.as_deref(), Some("cancelled" | "failed"));
         let queued = matches!(recorded, JobState::Pending | JobState::Failed);
         self.decode_job(StoredJob {
@@ -235,6 +237,7 @@ impl JobStore for RedisStore {
                 recorded
             },
             attempt,
+            crashes,
             where_part,
             version: version.as_deref(),
             result: result.as_deref(),
@@ -272,7 +275,7 @@ impl JobStore for RedisStore {
             let [
                 job_id,
                 pass_id,
-                where_part,
+                rest,
                 version,
                 attempt,
                 lease_id,
@@ -283,6 +286,7 @@ impl JobStore for RedisStore {
                 unreachable!("chunks_exact(8) yields 8 fields")
             };
             let info = self.pass_info(pass_id, false).await?;
+            let (crashes, where_part) = split_rest(rest)?;
             leased.push(LeasedJob {
                 job: Job {
                     job_id: job_id.clone(),
@@ -292,6 +296,7 @@ impl JobStore for RedisStore {
                     attempt: attempt.parse().unwrap_or(0),
                     last_error: non_empty(last_error).map(str::to_owned),
                     result_url: None,
+                    crashes,
                 },
                 lease_id: lease_id.clone(),
                 deadline_ms: deadline.parse().unwrap_or(0),
@@ -384,7 +389,7 @@ impl JobStore for RedisStore {
         job_id: &str,
         lease_id: &str,
         reason: &str,
-        retryable: bool,
+        kind: FailureKind,
         now_ms: i64,
     ) -> Result<FailOutcome> {
         let reply = checked_job(
@@ -394,7 +399,7 @@ impl JobStore for RedisStore {
                     job_id,
                     lease_id,
                     reason,
-                    if retryable { "1" } else { "0" },
+                    kind.as_str(),
                     &now_ms.to_string(),
                     &self.retry.base_backoff_ms.to_string(),
                     &self.retry.max_backoff_ms.to_string(),
@@ -411,11 +416,30 @@ impl JobStore for RedisStore {
         })
     }
 
+    async fn release(&self, job_id: &str, lease_id: &str, now_ms: i64) -> Result<JobState> {
+        let reply = checked_job(
+            self.run(
+                &self.scripts.release,
+                &[job_id, lease_id, &now_ms.to_string()],
+            )
+            .await?,
+            job_id,
+        )?;
+        reply
+            .get(1)
+            .and_then(|state| JobState::parse(state))
+            .ok_or_else(|| Error::Corrupt(format!("release script replied {reply:?}")))
+    }
+
     async fn reap_expired(&self, now_ms: i64, limit: u32) -> Result<u64> {
         let reply = checked(
             self.run(
                 &self.scripts.reap,
-                &[&now_ms.to_string(), &limit.to_string()],
+                &[
+                    &now_ms.to_string(),
+                    &limit.to_string(),
+                    &self.retry.max_crashes.max(1).to_string(),
+                ],
             )
             .await?,
             || "reap".to_owned(),

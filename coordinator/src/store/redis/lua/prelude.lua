@@ -1,7 +1,9 @@
 -- Shared helpers for every vidx job-store script. ARGV[1] is always the key prefix.
 -- Keys are derived inside the scripts, so this targets a single Redis (or a primary with
 -- replicas), not Redis Cluster. The record layout is described in `codec.rs`: scripts read and
--- write only a record's `{state}{attempt}|` head and never look at what follows it.
+-- write only a record's `{state}{attempt}{counts}|` head and never look at the `where` part
+-- after the `|`. A job's `rest` is `{counts}|{where}`: passing it back to `write_job` keeps the
+-- counts (`c` crashes, `k` panics, absent when zero) with the record.
 local P = ARGV[1]
 local PER_BUCKET = 64
 local function pkey(pass_id) return P .. ':pass:' .. pass_id end
@@ -22,15 +24,31 @@ local function bucket(pass_id, n) return P .. ':j:' .. pass_id .. ':' .. math.fl
 local function slot(n) return tostring(n % PER_BUCKET) end
 
 -- A job's record head: state name, attempt, and the rest of the record (kept as it is).
+-- A job's record head: state name, attempt, crash and panic counts, and the rest of the record
+-- (`{counts}|{where}`, kept as it is).
 local function read_job(pass_id, n)
   local record = redis.call('HGET', bucket(pass_id, n), slot(n))
   if not record then return nil end
-  local code, attempt, rest = string.match(record, '^(%a)(%d+)|(.*)$')
-  return {state = NAME[code], attempt = tonumber(attempt), rest = rest}
+  local code, attempt, rest = string.match(record, '^(%a)(%d+)(.*)$')
+  local counts = string.match(rest, '^([^|]*)|') or ''
+  return {
+    state = NAME[code], attempt = tonumber(attempt), rest = rest,
+    crashes = tonumber(string.match(counts, 'c(%d+)') or '0'),
+    panics = tonumber(string.match(counts, 'k(%d+)') or '0'),
+  }
 end
 
 local function write_job(pass_id, n, state, attempt, rest)
-  redis.call('HSET', bucket(pass_id, n), slot(n), CODE[state] .. attempt .. '|' .. rest)
+  redis.call('HSET', bucket(pass_id, n), slot(n), CODE[state] .. string.format('%d', attempt) .. rest)
+end
+
+-- A job's rest with its counts replaced; a count of zero takes no bytes.
+local function with_counts(rest, crashes, panics)
+  local tail = string.match(rest, '^[^|]*(|.*)$')
+  local counts = ''
+  if crashes > 0 then counts = counts .. string.format('c%d', crashes) end
+  if panics > 0 then counts = counts .. string.format('k%d', panics) end
+  return counts .. tail
 end
 
 -- Moves a job's counts and rare-state indexes between states (the record is written apart).
