@@ -15,8 +15,8 @@ use vidx_worker::runtime::{CancelFlag, StopReason};
 const SYSTEM: &str = vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT;
 
 fn model() -> Arc<OpenO3Video> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/qwen2_5_vl/tiny-realvocab");
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen2_5_vl/tiny-realvocab");
     let mut model = OpenO3Video::load(&dir, &LoadOptions::default()).expect("fixture model loads");
     model.set_pixel_bounds(3_136, 12_544);
     Arc::new(model)
