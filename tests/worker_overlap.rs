@@ -232,3 +232,98 @@ async fn a_coordinator_gone_mid_job_is_waited_out() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// `GET path` over plain HTTP/1.0; the status line and the body.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served_after_a_pass() {
+    let coordinator = coordinator();
+    pass(&coordinator, 3).await;
+    let config = WorkerConfig {
+        exit_when_idle: true,
+        idle_poll: Duration::from_millis(5),
+        ..WorkerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(vidx_worker::metrics::serve(
+        listener,
+        Arc::clone(&config.metrics),
+        Arc::clone(&config.health),
+        stop.clone(),
+    ));
+    let (status, _) = http_get(address, "/healthz").await;
+    assert!(status.contains("200"), "{status}");
+    let (status, body) = http_get(address, "/readyz").await;
+    assert!(status.contains("503"), "{status}");
+    assert_eq!(body.trim(), "model not loaded");
+    config.health.set_model_loaded();
+    let runner = Arc::new(Holding::new(Duration::from_millis(5), false));
+    let tally = run(
+        Arc::new(coordinator.clone()),
+        runner,
+        config,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tally.done, 3);
+    let (status, _) = http_get(address, "/readyz").await;
+    assert!(status.contains("200"), "{status}");
+    let (status, text) = http_get(address, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        text.contains(r#"vidx_worker_jobs_total{outcome="done",reason="ok"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains("vidx_worker_jobs_in_flight 0"), "{text}");
+    for name in [
+        "vidx_worker_stage_seconds_bucket",
+        "vidx_worker_generated_tokens_total",
+        "vidx_worker_tokens_per_second",
+        "vidx_worker_frames_decoded_total",
+        "vidx_worker_frames_kept_total",
+        "vidx_worker_model_busy_seconds_total",
+        "vidx_worker_model_busy_ratio",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    for stage in [
+        "fetch",
+        "probe",
+        "decode",
+        "vision",
+        "prefill",
+        "decode_tokens",
+        "write",
+    ] {
+        assert!(
+            text.contains(&format!(
+                r#"vidx_worker_stage_seconds_count{{stage="{stage}"}}"#
+            )),
+            "{stage} missing from:\n{text}"
+        );
+    }
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
