@@ -139,7 +139,7 @@ struct Totals {
     jobs: BTreeMap<(String, String), u64>,
     model_started: Option<Instant>,
     model_busy: Duration,
-    /// Tokens and decode seconds of the last finished job, for the tokens/s gauge.
+    /// Answer tokens generated.
     generated_tokens: u64,
 }
 
