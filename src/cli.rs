@@ -349,9 +349,30 @@ pub struct WorkerArgs {
     /// Exit when no work is left instead of waiting for more.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// How the jobs in hand overlap and share the model.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Seconds jobs in hand have to finish after SIGTERM; the rest are handed back before it ends.
+    #[arg(long, env = "VIDX_GRACE_SECS", default_value_t = 60)]
+    pub grace_secs: u64,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
+    #[arg(long, env = "VIDX_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Coordinator connection.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// How a worker's jobs overlap: `vidx worker` and `vidx index`.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Jobs leased and decoded ahead of the model (default: as many as keep the decoded frames
+    /// waiting within the prefetch frame budget; 0 turns prefetching off).
+    #[arg(long, env = "VIDX_PREFETCH")]
+    pub prefetch: Option<usize>,
+    /// Jobs the model decodes together, their questions in one batch (1 to 64).
+    #[arg(long, env = "VIDX_MAX_IN_FLIGHT", default_value_t = 1)]
+    pub max_in_flight: usize,
 }
 
 /// `vidx index`: the embedded default, a whole pass in this process.
@@ -367,6 +388,12 @@ pub struct IndexArgs {
     /// (for a manifest, the prefix it sits in) and `--out` are always allowed.
     #[arg(long)]
     pub allow_prefix: Vec<String>,
+    /// Local pipelines over the one loaded model: jobs decoded together (`--max-in-flight`).
+    #[arg(long, env = "VIDX_INDEX_WORKERS", conflicts_with = "max_in_flight")]
+    pub workers: Option<usize>,
+    /// How the jobs overlap and share the model.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `vidx finalize`: write the manifest and table parts of a finished pass again.

@@ -14,11 +14,16 @@
 //! designates one segment job per video, and that job assembles the video's document from the
 //! parts (again on its retry, if it crashed halfway).
 //!
-//! Runs on a blocking thread: object-store calls go through the worker's one async bridge,
-//! [`crate::bridge`].
+//! The steps are separate functions, run in order by [`VideoJobRunner::run_timed`] on the job's
+//! blocking thread: [`VideoJobRunner::probe`] and [`VideoJobRunner::sample`] (fetch, probe,
+//! decode), [`VideoJobRunner::reason`] (hands the frames and questions to the shared
+//! [`ModelThread`] and waits for the answers, batched with other jobs' questions), and
+//! [`VideoJobRunner::write`] (evidence, thumbnails, document). Object-store calls go through
+//! the worker's one async bridge, [`crate::bridge`].
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -27,7 +32,7 @@ use tracing::info;
 use vidx_core::domain::{LeasedJob, PassSpec, Segment, TaskSpec};
 use vidx_core::source::JobSource;
 use vidx_model::generation::GenerationParams;
-use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
+use vidx_model::{Answer, OpenO3Video, RgbImage, TimedFrame};
 
 use crate::bridge::{WaitError, block_on};
 use crate::claim_verification::claim_confidences;
@@ -37,7 +42,11 @@ use crate::evidence::{
     self, EvidenceIndex, FrameGeometry, ModelInfo, ModerationPolicy, ProbeFacts, QuestionPlan,
     Rotation, SegmentClock, VideoDocumentBuilder, VideoIdentity,
 };
-use crate::media::{self, MediaError, ProbeOptions, SampleOptions, SamplingSpec, VideoSource};
+use crate::media::{
+    self, MediaError, ProbeInfo, ProbeOptions, SampleOptions, SamplingSpec, VideoSource,
+};
+use crate::metrics::{JobTimings, Stage, WorkerMetrics};
+use crate::model_thread::{ModelFailure, ModelRequest, ModelThread};
 use crate::runtime::{CancelFlag, JobFailure, JobRunner, Outcome};
 
 /// Widest stored thumbnail; boxes are stored in source pixels and scaled when drawn.
@@ -47,7 +56,9 @@ const THUMBNAIL_MAX_WIDTH: usize = 640;
 /// store (tests count the bytes read through it).
 pub type VideoOpener = Arc<dyn Fn(&str) -> Result<VideoSource, MediaError> + Send + Sync>;
 
-/// The [`JobRunner`] for video jobs: reads, reasons and writes evidence for one job at a time.
+/// The [`JobRunner`] for video jobs: reads, reasons and writes evidence. Jobs run on their own
+/// threads side by side; the model work of all of them goes to one [`ModelThread`], started on
+/// the first job.
 pub struct VideoJobRunner {
     model: Arc<OpenO3Video>,
     model_info: ModelInfo,
@@ -55,6 +66,12 @@ pub struct VideoJobRunner {
     /// The coordinator, for the segment counter that designates who assembles a split video.
     coordinator: Option<Arc<dyn JobSource>>,
     open_video: VideoOpener,
+    /// Jobs the model thread decodes together.
+    max_in_flight: usize,
+    /// Prepared jobs that may wait for a place in the batch.
+    queue: usize,
+    metrics: Arc<WorkerMetrics>,
+    model_thread: OnceLock<Result<ModelThread, String>>,
 }
 
 impl std::fmt::Debug for VideoJobRunner {
@@ -79,7 +96,20 @@ impl VideoJobRunner {
             generation,
             coordinator: None,
             open_video: Arc::new(|url: &str| VideoSource::from_url(url)),
+            max_in_flight: 1,
+            queue: crate::runtime::default_prefetch(),
+            metrics: Arc::default(),
+            model_thread: OnceLock::new(),
         }
+    }
+
+    /// Decodes up to `max_in_flight` jobs together on the model thread, with up to `queue`
+    /// more waiting prepared (the worker loop's `max_in_flight` and `prefetch`). Set before the
+    /// first job.
+    pub fn with_batching(mut self, max_in_flight: usize, queue: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self.queue = queue.max(1);
+        self
     }
 
     /// The coordinator whose segment counter decides who assembles a split video (the same
@@ -137,6 +167,30 @@ impl VideoJobRunner {
         block_on(index.assemble_video(document_key, segment_count, &job.job.pass_id, now_ms()))
             .map_err(bridge_failure)?
             .map_err(|error| index_failure("assemble", error))
+    }
+
+    /// Counts the model thread's busy time in `metrics` (the worker loop's).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn model_thread(&self) -> Result<&ModelThread, JobFailure> {
+        self.model_thread
+            .get_or_init(|| {
+                ModelThread::start(
+                    Arc::clone(&self.model),
+                    self.max_in_flight,
+                    self.queue,
+                    Arc::clone(&self.metrics),
+                )
+                .map_err(|error| format!("cannot start the model thread: {error}"))
+            })
+            .as_ref()
+            .map_err(|reason| JobFailure {
+                reason: format!("model: {reason}"),
+                retryable: true,
+            })
     }
 }
 
@@ -345,10 +399,60 @@ fn verify_segment(
     Ok(())
 }
 
-impl JobRunner for VideoJobRunner {
-    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+/// What probing found: split the video, or go on with this.
+pub enum Probed {
+    /// A whole-video job longer than a segment: these segment jobs instead.
+    Split(Vec<Segment>),
+    /// Nothing to compute: the job is done with this key.
+    Done {
+        /// The document (or, for a segment job, what the segment counter had it report).
+        key: Path,
+        /// The video's document existed before the job (found from metadata alone).
+        skipped: bool,
+    },
+    /// Go on and index.
+    Index(Box<ProbedJob>),
+}
+
+/// A job probed and checked against the index, before its frames are decoded.
+pub struct ProbedJob {
+    /// The evidence task.
+    pub task: QuestionPlan,
+    /// The pass's index.
+    pub index: EvidenceIndex,
+    /// The video (or segment) as the document names it.
+    pub identity: VideoIdentity,
+    /// Where its document goes (a segment job writes its part beside it).
+    pub document_key: Path,
+    /// What the probe found.
+    pub probe: ProbeInfo,
+    /// The segment, in seconds of the video.
+    pub start_s: f64,
+    /// End of the segment.
+    pub end_s: f64,
+    /// Which segment of the video this is (0 for a whole-video job).
+    pub segment_index: u32,
+    /// How many segments the video has (1 for a whole-video job).
+    pub segment_count: u32,
+}
+
+/// A probed job with its frames: everything the model needs.
+pub struct SampledJob {
+    /// The probed job.
+    pub job: ProbedJob,
+    frames: PreparedFrames,
+    clock: SegmentClock,
+    /// The model-sized frames, kept for claim verification when the pass verifies.
+    verify_frames: Option<Vec<TimedFrame>>,
+}
+
+impl VideoJobRunner {
+    /// Looks the document up from the video's metadata alone, then opens and probes the video,
+    /// decides on a split, and for a segment job checks whether its part is already written.
+    pub fn probe(&self, job: &LeasedJob, timings: &mut JobTimings) -> Result<Probed, JobFailure> {
         let spec = &job.job.spec;
         let task = pass_plan(&job.pass).map_err(|error| invalid(format!("task: {error}")))?;
+        let started = Instant::now();
         let source =
             (self.open_video)(&spec.video_url).map_err(|error| media_failure("open", error))?;
         let index = EvidenceIndex::from_url(&job.pass.destination)
@@ -359,18 +463,22 @@ impl JobRunner for VideoJobRunner {
             document_key,
             indexed,
         } = skip_check(&source, &index, &self.model_info, &task)?;
+        timings.add_since(Stage::Fetch, started);
         if indexed {
             info!(key = %document_key, "already indexed, skipped");
-            return Ok(Outcome::Done {
-                result_url: Some(document_key.to_string()),
+            return Ok(Probed::Done {
+                key: document_key,
+                skipped: true,
             });
         }
+        let started = Instant::now();
         let probe = media::probe_source(&source, &ProbeOptions::default())
             .map_err(|error| media_failure("probe", error))?;
+        timings.add_since(Stage::Probe, started);
         let duration = probe.duration_s.unwrap_or(0.0);
         let segment_length = job.pass.sampling.segment_secs;
         if spec.probe && duration > segment_length {
-            return Ok(Outcome::Split(segments(duration, segment_length)));
+            return Ok(Probed::Split(segments(duration, segment_length)));
         }
 
         let start_s = spec.start_s;
@@ -403,32 +511,59 @@ impl JobRunner for VideoJobRunner {
                 .map_err(|error| index_failure("index", error))?;
             if written {
                 info!(key = %part_key, "segment part already written");
-                let reported = self.count_and_assemble(
-                    job,
-                    &index,
-                    &document_key,
-                    segment_index,
-                    segment_count,
-                )?;
-                return Ok(Outcome::Done {
-                    result_url: Some(reported.to_string()),
+                let reported =
+                    self.count_and_assemble(job, &index, &document_key, segment_index, segment_count)?;
+                return Ok(Probed::Done {
+                    key: reported,
+                    skipped: false,
                 });
             }
         }
+        Ok(Probed::Index(Box::new(ProbedJob {
+            task,
+            index,
+            identity,
+            document_key,
+            probe,
+            start_s,
+            end_s,
+            segment_index,
+            segment_count,
+        })))
+    }
 
+    /// Decodes the segment's frames, resizing each for the model and keeping a thumbnail.
+    pub fn sample(
+        &self,
+        leased: &LeasedJob,
+        job: ProbedJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<SampledJob, JobFailure> {
+        let spec = &leased.job.spec;
+        let source =
+            (self.open_video)(&spec.video_url).map_err(|error| media_failure("open", error))?;
+        let start_s = job.start_s;
         let sampling = SamplingSpec {
-            fps: job.pass.sampling.fps,
-            max_frames: job.pass.sampling.max_frames as usize,
+            fps: leased.pass.sampling.fps,
+            max_frames: leased.pass.sampling.max_frames as usize,
             start_s,
             end_s: (spec.end_s > start_s).then_some(spec.end_s),
         };
         // Each frame is resized for the model and thumbnailed as soon as it is decoded: a job
         // holds model-sized frames and small thumbnails, never a segment of full-size frames
         // (16 frames of 8K video are 1.6 GB).
+        let started = Instant::now();
         let mut prepared = PreparedFrames::default();
         let mut failure = None;
         let sampled =
             media::sample_source_with(&source, &sampling, &SampleOptions::default(), |frame| {
+                if cancel.is_raised() {
+                    return Err(MediaError::Stopped {
+                        uri: source.uri.clone(),
+                        reason: "cancelled".into(),
+                    });
+                }
                 prepared
                     .add(self.model.processor(), frame, start_s)
                     .map_err(|job_failure| {
@@ -443,20 +578,125 @@ impl JobRunner for VideoJobRunner {
         if let Some(failure) = failure {
             return Err(failure);
         }
-        sampled.map_err(|error| media_failure("sample", error))?;
         if cancel.is_raised() {
-            return Err(JobFailure {
-                reason: "cancelled".into(),
-                retryable: true,
-            });
+            return Err(cancelled());
         }
-        let PreparedFrames {
+        let stats = sampled.map_err(|error| media_failure("sample", error))?;
+        let wall = started.elapsed().as_secs_f64();
+        timings.add(Stage::Fetch, stats.fetch_s.min(wall));
+        timings.add(Stage::Decode, (wall - stats.fetch_s).max(0.0));
+        timings.frames_decoded += stats.frames_decoded;
+        timings.frames_kept += stats.frames_kept as u64;
+        let segment_end = job.end_s.max(
+            prepared
+                .frames
+                .iter()
+                .map(|f| f.timestamp_seconds + start_s)
+                .fold(start_s, f64::max),
+        );
+        let clock = SegmentClock::new(
+            job.segment_index,
+            start_s,
+            segment_end.max(start_s + 1e-3),
+            prepared
+                .frames
+                .iter()
+                .map(|frame| frame.timestamp_seconds + start_s)
+                .collect(),
+        )
+        .map_err(|error| invalid(format!("segment: {error}")))?;
+        Ok(SampledJob {
+            job,
+            frames: prepared,
+            clock,
+            verify_frames: None,
+        })
+    }
+
+    /// Answers every question of the task on the model thread (vision once, the shared prefix
+    /// once, the questions decoded in the batch with other jobs'); answers in question order.
+    pub fn reason(
+        &self,
+        job: &mut SampledJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<Vec<Answer>, JobFailure> {
+        let frames = std::mem::take(&mut job.frames.frames);
+        // Verification crops the claims' boxes from these frames after the answers are in.
+        if job.job.task.verify {
+            job.verify_frames = Some(frames.clone());
+        }
+        let request = ModelRequest {
             frames,
-            thumbnails,
-            source_size,
-        } = prepared;
-        let (source_width, source_height) =
-            source_size.ok_or_else(|| invalid("sample: no frames".into()))?;
+            system_prompt: vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT,
+            duration_s: job.clock.duration_s(),
+            prompts: job
+                .job
+                .task
+                .questions
+                .iter()
+                .map(|q| q.prompt_text())
+                .collect(),
+            generation: self.generation.clone(),
+            cancel: cancel.clone(),
+        };
+        let answered = self.model_thread()?.infer(request);
+        let answered = match answered {
+            Ok(answered) => answered,
+            Err(ModelFailure::Model(reason)) => {
+                return Err(JobFailure {
+                    reason: format!("model: {reason}"),
+                    retryable: false,
+                });
+            }
+            // The job's own panic handling reports it, as for a panic on this thread.
+            Err(ModelFailure::Panicked(message)) => std::panic::resume_unwind(Box::new(message)),
+            Err(ModelFailure::Cancelled) => return Err(cancelled()),
+            Err(ModelFailure::Stopped) => {
+                return Err(JobFailure {
+                    reason: "model: the model thread stopped".into(),
+                    retryable: true,
+                });
+            }
+        };
+        for (stage, seconds) in &answered.timings.stages {
+            timings.add(*stage, *seconds);
+        }
+        timings.tokens += answered.timings.tokens;
+        if cancel.is_raised() {
+            return Err(cancelled());
+        }
+        Ok(answered.answers)
+    }
+
+    /// Builds the document from the answers, stores the thumbnails and writes it.
+    pub fn write(
+        &self,
+        leased: &LeasedJob,
+        job: SampledJob,
+        answers: &[Answer],
+        timings: &mut JobTimings,
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let SampledJob {
+            job,
+            frames,
+            clock,
+            verify_frames,
+        } = job;
+        let ProbedJob {
+            task,
+            index,
+            identity,
+            document_key,
+            probe,
+            segment_index,
+            segment_count,
+            ..
+        } = job;
+        let (source_width, source_height) = frames
+            .source_size
+            .ok_or_else(|| invalid("sample: no frames".into()))?;
         let (model_height, model_width) = self
             .model
             .processor()
@@ -473,23 +713,6 @@ impl JobRunner for VideoJobRunner {
         )
         .map_err(|error| invalid(format!("geometry: {error}")))?
         .mirrored(probe.mirrored);
-        let segment_end = end_s.max(
-            frames
-                .iter()
-                .map(|f| f.timestamp_seconds + start_s)
-                .fold(start_s, f64::max),
-        );
-        let clock = SegmentClock::new(
-            segment_index,
-            start_s,
-            segment_end.max(start_s + 1e-3),
-            frames
-                .iter()
-                .map(|frame| frame.timestamp_seconds + start_s)
-                .collect(),
-        )
-        .map_err(|error| invalid(format!("segment: {error}")))?;
-
         let mut builder = VideoDocumentBuilder::new(DocumentHeader {
             video: identity,
             probe: ProbeFacts {
@@ -500,7 +723,7 @@ impl JobRunner for VideoJobRunner {
                 height: probe.height,
                 rotation: probe.rotation as i32,
                 fps: probe.fps.unwrap_or(0.0),
-                duration_s: duration,
+                duration_s: probe.duration_s.unwrap_or(0.0),
                 has_audio: probe.has_audio,
             },
             model: self.model_info.clone(),
@@ -508,48 +731,18 @@ impl JobRunner for VideoJobRunner {
             geometry,
         });
         builder
-            .add_segment(clock.clone())
+            .add_segment(clock)
             .map_err(|error| invalid(format!("segment: {error}")))?;
-        builder.written_by(job.job.pass_id.clone(), now_ms());
-
-        // The vision tower and the shared prefix run once for all questions.
-        let encoded = self
-            .model
-            .encode_resized_frames(&frames)
-            .map_err(model_failure)?;
-        let prefix = self
-            .model
-            .prefill(
-                &encoded,
-                vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT,
-                clock.duration_s(),
-            )
-            .map_err(model_failure)?;
-        // Every question decodes from that prefix together, one forward pass per step.
-        let prompts: Vec<String> = task.questions.iter().map(|q| q.prompt_text()).collect();
-        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let answers = self
-            .model
-            .ask_batched_while(&prefix, &prompts, &self.generation, &mut || {
-                !cancel.is_raised()
-            })
-            .map_err(model_failure)?;
-        if cancel.is_raised() {
-            return Err(JobFailure {
-                reason: "cancelled".into(),
-                retryable: true,
-            });
-        }
-        for (question, answer) in task.questions.iter().zip(&answers) {
+        builder.written_by(leased.job.pass_id.clone(), now_ms());
+        for (question, answer) in task.questions.iter().zip(answers) {
             builder
                 .record_answer(segment_index, &question.id, &answer.text)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
-        if task.verify {
-            verify_segment(&self.model, &frames, &mut builder, 0)?;
+        if let Some(verify_frames) = &verify_frames {
+            verify_segment(&self.model, verify_frames, &mut builder, segment_index)?;
         }
-
-        for (frame_index, encoded) in thumbnails.into_iter().enumerate() {
+        for (frame_index, encoded) in frames.thumbnails.into_iter().enumerate() {
             let thumbnail =
                 block_on(index.put_thumbnail(&document_key, segment_index, frame_index, encoded))
                     .map_err(bridge_failure)?
@@ -559,12 +752,18 @@ impl JobRunner for VideoJobRunner {
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
         let document = builder.finish();
-        if !spec.probe {
+        if !leased.job.spec.probe {
             block_on(index.write_part(&document))
                 .map_err(bridge_failure)?
                 .map_err(|error| index_failure("write", error))?;
-            let reported =
-                self.count_and_assemble(job, &index, &document_key, segment_index, segment_count)?;
+            let reported = self.count_and_assemble(
+                leased,
+                &index,
+                &document_key,
+                segment_index,
+                segment_count,
+            )?;
+            timings.add_since(Stage::Write, started);
             return Ok(Outcome::Done {
                 result_url: Some(reported.to_string()),
             });
@@ -572,10 +771,45 @@ impl JobRunner for VideoJobRunner {
         let written = block_on(index.write_document(&document))
             .map_err(bridge_failure)?
             .map_err(|error| index_failure("write", error))?;
+        timings.add_since(Stage::Write, started);
         info!(key = %written, claims = document.claim_count(), "evidence written");
         Ok(Outcome::Done {
             result_url: Some(written.to_string()),
         })
+    }
+}
+
+fn cancelled() -> JobFailure {
+    JobFailure {
+        reason: "cancelled".into(),
+        retryable: true,
+    }
+}
+
+impl JobRunner for VideoJobRunner {
+    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+        self.run_timed(job, cancel, &mut JobTimings::default())
+    }
+
+    fn run_timed(
+        &self,
+        job: &LeasedJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<Outcome, JobFailure> {
+        let probed = match self.probe(job, timings)? {
+            Probed::Split(segments) => return Ok(Outcome::Split(segments)),
+            Probed::Done { key, skipped } => {
+                timings.skipped = skipped;
+                return Ok(Outcome::Done {
+                    result_url: Some(key.to_string()),
+                });
+            }
+            Probed::Index(probed) => *probed,
+        };
+        let mut sampled = self.sample(job, probed, cancel, timings)?;
+        let answers = self.reason(&mut sampled, cancel, timings)?;
+        self.write(job, sampled, &answers, timings)
     }
 }
 
