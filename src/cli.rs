@@ -331,9 +331,30 @@ pub struct WorkerArgs {
     /// Exit when no work is left instead of waiting for more.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// How the jobs in hand overlap and share the model.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Seconds jobs in hand have to finish after SIGTERM; the rest are handed back before it ends.
+    #[arg(long, env = "VIDX_GRACE_SECS", default_value_t = 60)]
+    pub grace_secs: u64,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
+    #[arg(long, env = "VIDX_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Coordinator connection.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// How a worker's jobs overlap: `vidx worker` and `vidx index`.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Jobs leased and decoded ahead of the model (default: as many as keep the decoded frames
+    /// waiting within the prefetch frame budget; 0 turns prefetching off).
+    #[arg(long, env = "VIDX_PREFETCH")]
+    pub prefetch: Option<usize>,
+    /// Jobs the model decodes together, their questions in one batch (1 to 64).
+    #[arg(long, env = "VIDX_MAX_IN_FLIGHT", default_value_t = 1)]
+    pub max_in_flight: usize,
 }
 
 /// `vidx index`: the embedded default, a whole pass in this process.
@@ -349,6 +370,12 @@ pub struct IndexArgs {
     /// (for a manifest, the prefix it sits in) and `--out` are always allowed.
     #[arg(long)]
     pub allow_prefix: Vec<String>,
+    /// Local pipelines over the one loaded model: jobs decoded together (`--max-in-flight`).
+    #[arg(long, env = "VIDX_INDEX_WORKERS", conflicts_with = "max_in_flight")]
+    pub workers: Option<usize>,
+    /// How the jobs overlap and share the model.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `vidx finalize`: write the manifest and corpus tables of a finished pass.
@@ -438,6 +465,33 @@ pub enum BenchCommand {
     /// One Redis holding a pass of `--jobs` videos: memory per job, planning rate, throughput
     /// and latencies at that depth, reaping, AOF rewrite and restart.
     Scale(ScaleBenchArgs),
+    /// The medium random model over generated videos through an in-process coordinator and the
+    /// worker loop, prefetch off then on: videos/min, model busy ratio, seconds per stage.
+    Pipeline(PipelineBenchArgs),
+}
+
+/// `vidx bench pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineBenchArgs {
+    /// Videos indexed in each run.
+    #[arg(long, default_value_t = 8)]
+    pub videos: u32,
+    /// Length of each video in seconds (sampled at 2 frames a second).
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u32,
+    /// Tokens generated a question.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Jobs prepared ahead of the model in the second run.
+    #[arg(long, default_value_t = vidx_worker::runtime::default_prefetch())]
+    pub prefetch: usize,
+    /// Where the model runs: `cpu`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu", value_parser = parse_setting::<DeviceSetting>)]
+    pub device: DeviceSetting,
+    /// A checkpoint folder whose `tokenizer.json` (the Qwen2.5 vocabulary) the random model
+    /// speaks; by default the repository's tiny fixture.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/qwen2_5_vl/tiny-realvocab"))]
+    pub tokenizer_dir: std::path::PathBuf,
 }
 
 /// `vidx bench scale`.

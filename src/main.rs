@@ -52,6 +52,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Scale(args)) => {
             vidx::bench::scale::scale(args.into_config()?).await
         }
+        Command::Bench(BenchCommand::Pipeline(args)) => {
+            vidx::bench::pipeline::pipeline(args.into_config()?).await
+        }
     }
 }
 

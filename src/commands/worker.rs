@@ -17,10 +17,43 @@ use vidx_model::generation::GenerationParams;
 use vidx_model::{LoadOptions, OpenO3Video};
 use vidx_worker::evidence::store::OutcomeStatus;
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
+use vidx_worker::metrics::{self, Health, WorkerMetrics};
 use vidx_worker::runtime::{self, WorkerConfig};
 use vidx_worker::video_job::{VideoJobRunner, question_plan};
 
-use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, WorkerArgs};
+use crate::cli::{FinalizeArgs, IndexArgs, ModelArgs, RuntimeArgs, WorkerArgs};
+
+/// Test hook (documented in the README's testing section): a worker aborts its process when it
+/// starts a job whose video URL contains this, to exercise crash counting end to end.
+const ABORT_ON_URL_ENV: &str = "VIDX_TEST_ABORT_ON_URL";
+
+impl RuntimeArgs {
+    /// `(max_in_flight, prefetch)`, checked.
+    pub fn overlap(&self, max_in_flight: Option<usize>) -> Result<(usize, usize)> {
+        const MAX_IN_FLIGHT: std::ops::RangeInclusive<usize> = 1..=64;
+        const MAX_PREFETCH: usize = 64;
+        let max_in_flight = max_in_flight.unwrap_or(self.max_in_flight);
+        if !MAX_IN_FLIGHT.contains(&max_in_flight) {
+            bail!(
+                "--max-in-flight {max_in_flight} is outside {}..={}",
+                MAX_IN_FLIGHT.start(),
+                MAX_IN_FLIGHT.end()
+            );
+        }
+        let prefetch = self.prefetch.unwrap_or_else(runtime::default_prefetch);
+        if prefetch > MAX_PREFETCH {
+            bail!("--prefetch {prefetch} is over {MAX_PREFETCH}");
+        }
+        Ok((max_in_flight, prefetch))
+    }
+}
+
+/// The runner over a loaded model, batching as the loop's config says.
+fn batched(runner: VideoJobRunner, config: &WorkerConfig) -> VideoJobRunner {
+    runner
+        .with_batching(config.max_in_flight, config.prefetch)
+        .with_metrics(Arc::clone(&config.metrics))
+}
 
 impl ModelArgs {
     /// The device and dtype to load onto, checked before anything is loaded: a GPU that this
@@ -106,27 +139,79 @@ impl WorkerArgs {
             Some(id) => id.trim().to_owned(),
             None => format!("worker-{}", std::process::id()),
         };
+        const GRACE_SECS: std::ops::RangeInclusive<u64> = 1..=86_400;
+        if !GRACE_SECS.contains(&self.grace_secs) {
+            bail!(
+                "--grace-secs {} is outside {}..={} seconds",
+                self.grace_secs,
+                GRACE_SECS.start(),
+                GRACE_SECS.end()
+            );
+        }
+        let (max_in_flight, prefetch) = self.runtime.overlap(None)?;
         Ok(WorkerConfig {
             worker_id,
             lease: Duration::from_secs(self.lease_secs),
             exit_when_idle: self.exit_when_idle,
+            max_in_flight,
+            prefetch,
+            grace: Duration::from_secs(self.grace_secs),
+            abort_on_url: abort_on_url(),
             ..WorkerConfig::default()
         })
     }
 }
 
+fn abort_on_url() -> Option<String> {
+    std::env::var(ABORT_ON_URL_ENV)
+        .ok()
+        .filter(|needle| !needle.is_empty())
+}
+
 /// `vidx worker`: serves a coordinator until SIGTERM (or, with `--exit-when-idle`, no work).
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
-    let config = args.into_config()?;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let health = Arc::new(Health::default());
+    let config = WorkerConfig {
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        ..args.into_config()?
+    };
+    // Bound before the model loads, so /healthz answers (and /readyz says why not) meanwhile.
+    let stop_serving = CancellationToken::new();
+    let server = match &args.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            println!("metrics listening on {bound}");
+            info!(address = %bound, "metrics listening on {bound}");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+                stop_serving.clone(),
+            )))
+        }
+        None => None,
+    };
     let options = args.model.load_options()?;
-    let runner = args.model.pipeline(&options).await?;
+    let runner = batched(args.model.pipeline(&options).await?, &config);
+    health.set_model_loaded();
     let client = args.client.connect().await?;
-    let tally = runtime::run(Arc::new(client), Arc::new(runner), config, shutdown).await?;
+    let ran = runtime::run(Arc::new(client), Arc::new(runner), config, shutdown).await;
+    stop_serving.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    let tally = ran?;
     info!(
         done = tally.done,
         split = tally.split,
         failed = tally.failed,
         dropped = tally.dropped,
+        released = tally.released,
         "worker stopped"
     );
     Ok(())
@@ -162,15 +247,19 @@ pub async fn index(args: IndexArgs, shutdown: CancellationToken) -> Result<()> {
         "embedded".into(),
         stop.clone(),
     ));
-    let runner = Arc::new(args.model.pipeline(&options).await?);
-    let mut progress = coordinator.progress();
-    let pass_id = coordinator.submit(spec).await?.pass_id;
-    info!(%pass_id, "pass submitted");
+    let (max_in_flight, prefetch) = args.runtime.overlap(args.workers)?;
     let config = WorkerConfig {
         worker_id: "embedded".into(),
         idle_poll: Duration::from_millis(500),
+        max_in_flight,
+        prefetch,
+        abort_on_url: abort_on_url(),
         ..WorkerConfig::default()
     };
+    let runner = Arc::new(batched(args.model.pipeline(&options).await?, &config));
+    let mut progress = coordinator.progress();
+    let pass_id = coordinator.submit(spec).await?.pass_id;
+    info!(%pass_id, "pass submitted");
     let worker = tokio::spawn(runtime::run(
         Arc::new(coordinator.clone()),
         runner,

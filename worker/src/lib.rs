@@ -19,5 +19,7 @@
 pub mod bridge;
 pub mod evidence;
 pub mod media;
+pub mod metrics;
+pub mod model_thread;
 pub mod runtime;
 pub mod video_job;

@@ -8,17 +8,22 @@
 //! and absolute time, store frame thumbnails, and write the document. A document that already
 //! exists (same video, model and task) is not computed again.
 //!
-//! Runs on a blocking thread: object-store calls go through the worker's one async bridge,
-//! [`crate::bridge`].
+//! The steps are separate functions, run in order by [`VideoJobRunner::run_timed`] on the job's
+//! blocking thread: [`VideoJobRunner::probe`] and [`VideoJobRunner::sample`] (fetch, probe,
+//! decode), [`VideoJobRunner::reason`] (hands the frames and questions to the shared
+//! [`ModelThread`] and waits for the answers, batched with other jobs' questions), and
+//! [`VideoJobRunner::write`] (evidence, thumbnails, document). Object-store calls go through
+//! the worker's one async bridge, [`crate::bridge`].
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::info;
 use vidx_core::domain::{LeasedJob, Segment, TaskSpec};
 use vidx_model::generation::GenerationParams;
-use vidx_model::{OpenO3Video, RgbImage, TimedFrame};
+use vidx_model::{Answer, OpenO3Video, RgbImage, TimedFrame};
 
 use crate::bridge::{WaitError, block_on};
 use crate::evidence::document::DocumentHeader;
@@ -27,17 +32,29 @@ use crate::evidence::{
     self, EvidenceIndex, FrameGeometry, ModelInfo, ModerationPolicy, ProbeFacts, QuestionPlan,
     Rotation, SegmentClock, VideoDocumentBuilder, VideoIdentity,
 };
-use crate::media::{self, MediaError, ProbeOptions, SampleOptions, SamplingSpec, VideoSource};
+use crate::media::{
+    self, MediaError, ProbeInfo, ProbeOptions, SampleOptions, SamplingSpec, VideoSource,
+};
+use crate::metrics::{JobTimings, Stage, WorkerMetrics};
+use crate::model_thread::{ModelFailure, ModelRequest, ModelThread};
 use crate::runtime::{CancelFlag, JobFailure, JobRunner, Outcome};
 
 /// Widest stored thumbnail; boxes are stored in source pixels and scaled when drawn.
 const THUMBNAIL_MAX_WIDTH: usize = 640;
 
-/// The [`JobRunner`] for video jobs: reads, reasons and writes evidence for one job at a time.
+/// The [`JobRunner`] for video jobs: reads, reasons and writes evidence. Jobs run on their own
+/// threads side by side; the model work of all of them goes to one [`ModelThread`], started on
+/// the first job.
 pub struct VideoJobRunner {
     model: Arc<OpenO3Video>,
     model_info: ModelInfo,
     generation: GenerationParams,
+    /// Jobs the model thread decodes together.
+    max_in_flight: usize,
+    /// Prepared jobs that may wait for a place in the batch.
+    queue: usize,
+    metrics: Arc<WorkerMetrics>,
+    model_thread: OnceLock<Result<ModelThread, String>>,
 }
 
 impl std::fmt::Debug for VideoJobRunner {
@@ -60,7 +77,44 @@ impl VideoJobRunner {
             model,
             model_info,
             generation,
+            max_in_flight: 1,
+            queue: crate::runtime::default_prefetch(),
+            metrics: Arc::default(),
+            model_thread: OnceLock::new(),
         }
+    }
+
+    /// Decodes up to `max_in_flight` jobs together on the model thread, with up to `queue`
+    /// more waiting prepared (the worker loop's `max_in_flight` and `prefetch`). Set before the
+    /// first job.
+    pub fn with_batching(mut self, max_in_flight: usize, queue: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
+        self.queue = queue.max(1);
+        self
+    }
+
+    /// Counts the model thread's busy time in `metrics` (the worker loop's).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn model_thread(&self) -> Result<&ModelThread, JobFailure> {
+        self.model_thread
+            .get_or_init(|| {
+                ModelThread::start(
+                    Arc::clone(&self.model),
+                    self.max_in_flight,
+                    self.queue,
+                    Arc::clone(&self.metrics),
+                )
+                .map_err(|error| format!("cannot start the model thread: {error}"))
+            })
+            .as_ref()
+            .map_err(|reason| JobFailure {
+                reason: format!("model: {reason}"),
+                retryable: true,
+            })
     }
 }
 
@@ -190,21 +244,61 @@ fn png(image: &RgbImage) -> Result<EncodedImage, JobFailure> {
     })
 }
 
-impl JobRunner for VideoJobRunner {
-    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+/// What probing found: split the video, or go on with this.
+pub enum Probed {
+    /// A whole-video job longer than a segment: these segment jobs instead.
+    Split(Vec<Segment>),
+    /// Go on and index.
+    Index(Box<ProbedJob>),
+}
+
+/// A job probed and checked against the index, before its frames are decoded.
+pub struct ProbedJob {
+    /// The evidence task.
+    pub task: QuestionPlan,
+    /// The pass's index.
+    pub index: EvidenceIndex,
+    /// The video (or segment) as the document names it.
+    pub identity: VideoIdentity,
+    /// Where its document goes.
+    pub document_key: object_store::path::Path,
+    /// What the probe found.
+    pub probe: ProbeInfo,
+    /// The segment, in seconds of the video.
+    pub start_s: f64,
+    /// End of the segment.
+    pub end_s: f64,
+    /// The document already exists.
+    pub already_indexed: bool,
+}
+
+/// A probed job with its frames: everything the model needs.
+pub struct SampledJob {
+    /// The probed job.
+    pub job: ProbedJob,
+    frames: PreparedFrames,
+    clock: SegmentClock,
+}
+
+impl VideoJobRunner {
+    /// Opens and probes the video, decides on a split, and looks the document up in the index.
+    pub fn probe(&self, job: &LeasedJob, timings: &mut JobTimings) -> Result<Probed, JobFailure> {
         let spec = &job.job.spec;
         let task =
             question_plan(&job.pass.task).map_err(|error| invalid(format!("task: {error}")))?;
+        let started = Instant::now();
         let source =
             VideoSource::from_url(&spec.video_url).map_err(|error| media_failure("open", error))?;
         let probe = media::probe_source(&source, &ProbeOptions::default())
             .map_err(|error| media_failure("probe", error))?;
+        timings.add_since(Stage::Probe, started);
         let duration = probe.duration_s.unwrap_or(0.0);
         let segment_length = job.pass.sampling.segment_secs;
         if spec.probe && duration > segment_length {
-            return Ok(Outcome::Split(segments(duration, segment_length)));
+            return Ok(Probed::Split(segments(duration, segment_length)));
         }
 
+        let started = Instant::now();
         let index = EvidenceIndex::from_url(&job.pass.destination)
             .map_err(|error| invalid(format!("destination: {error}")))?;
         let start_s = spec.start_s;
@@ -228,26 +322,52 @@ impl JobRunner for VideoJobRunner {
         };
         let document_key = index.document_key(&identity, &self.model_info, &task.hash());
         let already = block_on(index.is_indexed(&document_key)).map_err(bridge_failure)?;
-        if already.map_err(|error| index_failure("index", error))? {
-            info!(key = %document_key, "already indexed");
-            return Ok(Outcome::Done {
-                result_url: Some(document_key.to_string()),
-            });
-        }
+        let already_indexed = already.map_err(|error| index_failure("index", error))?;
+        timings.add_since(Stage::Fetch, started);
+        Ok(Probed::Index(Box::new(ProbedJob {
+            task,
+            index,
+            identity,
+            document_key,
+            probe,
+            start_s,
+            end_s,
+            already_indexed,
+        })))
+    }
 
+    /// Decodes the segment's frames, resizing each for the model and keeping a thumbnail.
+    pub fn sample(
+        &self,
+        leased: &LeasedJob,
+        job: ProbedJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<SampledJob, JobFailure> {
+        let spec = &leased.job.spec;
+        let source =
+            VideoSource::from_url(&spec.video_url).map_err(|error| media_failure("open", error))?;
+        let start_s = job.start_s;
         let sampling = SamplingSpec {
-            fps: job.pass.sampling.fps,
-            max_frames: job.pass.sampling.max_frames as usize,
+            fps: leased.pass.sampling.fps,
+            max_frames: leased.pass.sampling.max_frames as usize,
             start_s,
             end_s: (spec.end_s > start_s).then_some(spec.end_s),
         };
         // Each frame is resized for the model and thumbnailed as soon as it is decoded: a job
         // holds model-sized frames and small thumbnails, never a segment of full-size frames
         // (16 frames of 8K video are 1.6 GB).
+        let started = Instant::now();
         let mut prepared = PreparedFrames::default();
         let mut failure = None;
         let sampled =
             media::sample_source_with(&source, &sampling, &SampleOptions::default(), |frame| {
+                if cancel.is_raised() {
+                    return Err(MediaError::Stopped {
+                        uri: source.uri.clone(),
+                        reason: "cancelled".into(),
+                    });
+                }
                 prepared
                     .add(self.model.processor(), frame, start_s)
                     .map_err(|job_failure| {
@@ -262,20 +382,111 @@ impl JobRunner for VideoJobRunner {
         if let Some(failure) = failure {
             return Err(failure);
         }
-        sampled.map_err(|error| media_failure("sample", error))?;
         if cancel.is_raised() {
-            return Err(JobFailure {
-                reason: "cancelled".into(),
-                retryable: true,
-            });
+            return Err(cancelled());
         }
-        let PreparedFrames {
-            frames,
-            thumbnails,
-            source_size,
-        } = prepared;
-        let (source_width, source_height) =
-            source_size.ok_or_else(|| invalid("sample: no frames".into()))?;
+        let stats = sampled.map_err(|error| media_failure("sample", error))?;
+        let wall = started.elapsed().as_secs_f64();
+        timings.add(Stage::Fetch, stats.fetch_s.min(wall));
+        timings.add(Stage::Decode, (wall - stats.fetch_s).max(0.0));
+        timings.frames_decoded += stats.frames_decoded;
+        timings.frames_kept += stats.frames_kept as u64;
+        let segment_end = job.end_s.max(
+            prepared
+                .frames
+                .iter()
+                .map(|f| f.timestamp_seconds + start_s)
+                .fold(start_s, f64::max),
+        );
+        let clock = SegmentClock::new(
+            0,
+            start_s,
+            segment_end.max(start_s + 1e-3),
+            prepared
+                .frames
+                .iter()
+                .map(|frame| frame.timestamp_seconds + start_s)
+                .collect(),
+        )
+        .map_err(|error| invalid(format!("segment: {error}")))?;
+        Ok(SampledJob {
+            job,
+            frames: prepared,
+            clock,
+        })
+    }
+
+    /// Answers every question of the task on the model thread (vision once, the shared prefix
+    /// once, the questions decoded in the batch with other jobs'); answers in question order.
+    pub fn reason(
+        &self,
+        job: &mut SampledJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<Vec<Answer>, JobFailure> {
+        let request = ModelRequest {
+            frames: std::mem::take(&mut job.frames.frames),
+            system_prompt: vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT,
+            duration_s: job.clock.duration_s(),
+            prompts: job
+                .job
+                .task
+                .questions
+                .iter()
+                .map(|q| q.prompt_text())
+                .collect(),
+            generation: self.generation.clone(),
+            cancel: cancel.clone(),
+        };
+        let answered = self.model_thread()?.infer(request);
+        let answered = match answered {
+            Ok(answered) => answered,
+            Err(ModelFailure::Model(reason)) => {
+                return Err(JobFailure {
+                    reason: format!("model: {reason}"),
+                    retryable: false,
+                });
+            }
+            // The job's own panic handling reports it, as for a panic on this thread.
+            Err(ModelFailure::Panicked(message)) => std::panic::resume_unwind(Box::new(message)),
+            Err(ModelFailure::Cancelled) => return Err(cancelled()),
+            Err(ModelFailure::Stopped) => {
+                return Err(JobFailure {
+                    reason: "model: the model thread stopped".into(),
+                    retryable: true,
+                });
+            }
+        };
+        for (stage, seconds) in &answered.timings.stages {
+            timings.add(*stage, *seconds);
+        }
+        timings.tokens += answered.timings.tokens;
+        if cancel.is_raised() {
+            return Err(cancelled());
+        }
+        Ok(answered.answers)
+    }
+
+    /// Builds the document from the answers, stores the thumbnails and writes it.
+    pub fn write(
+        &self,
+        job: SampledJob,
+        answers: &[Answer],
+        timings: &mut JobTimings,
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let SampledJob { job, frames, clock } = job;
+        let ProbedJob {
+            task,
+            index,
+            identity,
+            document_key,
+            probe,
+            ..
+        } = job;
+        let (source_width, source_height) = frames
+            .source_size
+            .ok_or_else(|| invalid("sample: no frames".into()))?;
         let (model_height, model_width) = self
             .model
             .processor()
@@ -292,23 +503,6 @@ impl JobRunner for VideoJobRunner {
         )
         .map_err(|error| invalid(format!("geometry: {error}")))?
         .mirrored(probe.mirrored);
-        let segment_end = end_s.max(
-            frames
-                .iter()
-                .map(|f| f.timestamp_seconds + start_s)
-                .fold(start_s, f64::max),
-        );
-        let clock = SegmentClock::new(
-            0,
-            start_s,
-            segment_end.max(start_s + 1e-3),
-            frames
-                .iter()
-                .map(|frame| frame.timestamp_seconds + start_s)
-                .collect(),
-        )
-        .map_err(|error| invalid(format!("segment: {error}")))?;
-
         let mut builder = VideoDocumentBuilder::new(DocumentHeader {
             video: identity,
             probe: ProbeFacts {
@@ -319,7 +513,7 @@ impl JobRunner for VideoJobRunner {
                 height: probe.height,
                 rotation: probe.rotation as i32,
                 fps: probe.fps.unwrap_or(0.0),
-                duration_s: duration,
+                duration_s: probe.duration_s.unwrap_or(0.0),
                 has_audio: probe.has_audio,
             },
             model: self.model_info.clone(),
@@ -327,44 +521,14 @@ impl JobRunner for VideoJobRunner {
             geometry,
         });
         builder
-            .add_segment(clock.clone())
+            .add_segment(clock)
             .map_err(|error| invalid(format!("segment: {error}")))?;
-
-        // The vision tower and the shared prefix run once for all questions.
-        let encoded = self
-            .model
-            .encode_resized_frames(&frames)
-            .map_err(model_failure)?;
-        let prefix = self
-            .model
-            .prefill(
-                &encoded,
-                vidx_model::prompt::OPEN_O3_GROUNDED_SYSTEM_PROMPT,
-                clock.duration_s(),
-            )
-            .map_err(model_failure)?;
-        // Every question decodes from that prefix together, one forward pass per step.
-        let prompts: Vec<String> = task.questions.iter().map(|q| q.prompt_text()).collect();
-        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let answers = self
-            .model
-            .ask_batched_while(&prefix, &prompts, &self.generation, &mut || {
-                !cancel.is_raised()
-            })
-            .map_err(model_failure)?;
-        if cancel.is_raised() {
-            return Err(JobFailure {
-                reason: "cancelled".into(),
-                retryable: true,
-            });
-        }
-        for (question, answer) in task.questions.iter().zip(&answers) {
+        for (question, answer) in task.questions.iter().zip(answers) {
             builder
                 .record_answer(0, &question.id, &answer.text)
                 .map_err(|error| invalid(format!("evidence: {error}")))?;
         }
-
-        for (frame_index, encoded) in thumbnails.into_iter().enumerate() {
+        for (frame_index, encoded) in frames.thumbnails.into_iter().enumerate() {
             let thumbnail = block_on(index.put_thumbnail(&document_key, 0, frame_index, encoded))
                 .map_err(bridge_failure)?
                 .map_err(|error| index_failure("thumbnail", error))?;
@@ -376,10 +540,46 @@ impl JobRunner for VideoJobRunner {
         let written = block_on(index.write_document(&document))
             .map_err(bridge_failure)?
             .map_err(|error| index_failure("write", error))?;
+        timings.add_since(Stage::Write, started);
         info!(key = %written, claims = document.claim_count(), "evidence written");
         Ok(Outcome::Done {
             result_url: Some(written.to_string()),
         })
+    }
+}
+
+fn cancelled() -> JobFailure {
+    JobFailure {
+        reason: "cancelled".into(),
+        retryable: true,
+    }
+}
+
+impl JobRunner for VideoJobRunner {
+    fn run(&self, job: &LeasedJob, cancel: &CancelFlag) -> Result<Outcome, JobFailure> {
+        self.run_timed(job, cancel, &mut JobTimings::default())
+    }
+
+    fn run_timed(
+        &self,
+        job: &LeasedJob,
+        cancel: &CancelFlag,
+        timings: &mut JobTimings,
+    ) -> Result<Outcome, JobFailure> {
+        let probed = match self.probe(job, timings)? {
+            Probed::Split(segments) => return Ok(Outcome::Split(segments)),
+            Probed::Index(probed) => *probed,
+        };
+        if probed.already_indexed {
+            info!(key = %probed.document_key, "already indexed");
+            timings.skipped = true;
+            return Ok(Outcome::Done {
+                result_url: Some(probed.document_key.to_string()),
+            });
+        }
+        let mut sampled = self.sample(job, probed, cancel, timings)?;
+        let answers = self.reason(&mut sampled, cancel, timings)?;
+        self.write(sampled, &answers, timings)
     }
 }
 

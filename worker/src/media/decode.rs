@@ -143,6 +143,7 @@ pub(super) struct Counters {
     pub(super) seeks: u64,
     pub(super) bytes_fetched: u64,
     pub(super) requests: u64,
+    pub(super) fetch_nanos: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -152,6 +153,7 @@ impl std::ops::AddAssign for Counters {
         self.seeks += other.seeks;
         self.bytes_fetched += other.bytes_fetched;
         self.requests += other.requests;
+        self.fetch_nanos += other.fetch_nanos;
     }
 }
 
@@ -265,6 +267,7 @@ impl<'call> Sampler<'call> {
         Counters {
             bytes_fetched: self.video.shared.bytes_fetched.load(Ordering::Relaxed),
             requests: self.video.shared.requests.load(Ordering::Relaxed),
+            fetch_nanos: self.video.shared.fetch_nanos.load(Ordering::Relaxed),
             ..self.counters
         }
     }

@@ -56,6 +56,8 @@ pub struct ReaderShared {
     pub(crate) requests: AtomicU64,
     /// Bytes fetched from the store.
     pub(crate) bytes_fetched: AtomicU64,
+    /// Nanoseconds spent waiting on ranged requests.
+    pub(crate) fetch_nanos: AtomicU64,
 }
 
 impl ReaderShared {
@@ -199,10 +201,14 @@ impl ObjectReader {
         let store = Arc::clone(&self.source.store);
         let path = self.source.path.clone();
         let request_range = range.clone();
+        let requested = std::time::Instant::now();
         let fetched = run_with_timeout(self.options.request_timeout, async move {
             let options = GetOptions::new().with_range(Some(request_range));
             store.get_opts(&path, options).await?.bytes().await
         });
+        self.shared
+            .fetch_nanos
+            .fetch_add(requested.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(error) => {

@@ -150,6 +150,8 @@ pub struct SampleStats {
     pub bytes_fetched: u64,
     /// Ranged requests made to the store.
     pub requests: u64,
+    /// Seconds spent waiting on the store's ranged reads, summed over the decoders.
+    pub fetch_s: f64,
     /// Clockwise rotation applied.
     pub rotation: u32,
     /// Whether frames were mirrored left to right after the rotation (a flipped display matrix).
@@ -250,6 +252,7 @@ pub fn sample_source_with(
         seeks: counters.seeks,
         bytes_fetched: counters.bytes_fetched,
         requests: counters.requests,
+        fetch_s: counters.fetch_nanos as f64 * 1e-9,
         decoders: layout.map_or(1, |layout| layout.decoders),
         rotation: plan.orientation.rotation,
         mirrored: plan.orientation.mirrored,
