@@ -55,7 +55,7 @@ fn a_worker_killed_mid_job_loses_no_video() {
         &["--lease-secs", "5", "--max-new-tokens", SLOW_TOKENS],
         &[],
     );
-    let killed_job = doomed.wait_leased("/videos/");
+    let killed_job = doomed.wait_leased("/videos/short-");
     doomed.kill();
     assert_eq!(
         cluster.job(&pass_id, &killed_job)["state"],
@@ -97,7 +97,7 @@ fn a_worker_terminated_mid_job_hands_it_back_and_exits_within_its_grace() {
         ],
         &[],
     );
-    let job_id = leaving.wait_leased("/videos/");
+    let job_id = leaving.wait_leased("/videos/short-");
     let leased = cluster.job(&pass_id, &job_id);
     assert_eq!(leased["state"], "leased", "{leased}");
     leaving.terminate();

@@ -584,12 +584,21 @@ async fn finish(
 }
 
 /// Shutdown's grace is over and the job has not finished: give it back to the coordinator.
-async fn hand_back(shared: &Shared, _job: &LeasedJob, clock: &LeaseClock) -> JobEnd {
+async fn hand_back(shared: &Shared, job: &LeasedJob, clock: &LeaseClock) -> JobEnd {
     let config = &shared.config;
-    // Until the store's release call lands, a job handed back is left to its lease: it runs
-    // again once the lease runs out.
-    let _ = clock;
-    warn!("grace over: job handed back unfinished");
+    let (job_id, lease_id) = (job.job.job_id.as_str(), job.lease_id.as_str());
+    // Released, the job is due again at once and keeps its attempts; a release that cannot be
+    // made leaves the job to its lease, and it runs again once the lease runs out.
+    let released = call_with_retry("release", clock.expires(), &config.health, || {
+        shared
+            .source
+            .release(job_id, lease_id, "worker shutting down")
+    })
+    .await;
+    match released {
+        Ok(()) => warn!("grace over: job handed back unfinished"),
+        Err(error) => warn!(%error, "grace over: cannot hand the job back; its lease will run out"),
+    }
     job_finished(config, "released", "shutdown", &JobTimings::default());
     JobEnd::Released
 }
