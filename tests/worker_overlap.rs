@@ -59,6 +59,7 @@ fn coordinator() -> Coordinator {
     let retry = RetryPolicy {
         base_backoff_ms: 1,
         max_backoff_ms: 1,
+        ..RetryPolicy::default()
     };
     Coordinator::new(Arc::new(MemoryStore::new(retry)), Metrics::new())
 }
