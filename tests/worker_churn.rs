@@ -133,8 +133,10 @@ fn workers_ride_out_a_coordinator_restart_and_a_redis_restart() {
     let mut first = cluster.worker("first", &args, &[]);
     let mut second = cluster.worker("second", &args, &[]);
 
-    // The coordinator goes away mid-job and comes back on the same port.
+    // The coordinator goes away mid-job and comes back on the same port. Both workers hold a
+    // job first: a worker connects once at start, and one that starts during the outage exits.
     first.wait_leased("/videos/");
+    second.wait_leased("/videos/");
     cluster.stop_coordinator();
     // A call that found no coordinator (a heartbeat, a report or a lease) says so and is made
     // again later.
@@ -142,7 +144,7 @@ fn workers_ride_out_a_coordinator_restart_and_a_redis_restart() {
     cluster.start_coordinator();
 
     // Then Redis dies under the coordinator and restarts from its append-only file.
-    second.wait_leased("/videos/");
+    first.wait_leased("/videos/");
     cluster.kill_redis();
     cluster.start_redis();
 
