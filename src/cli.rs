@@ -487,6 +487,9 @@ pub enum BenchCommand {
     /// The tantivy search index over a generated corpus: build time, size, p50/p99 query
     /// latency, and a linear scan of the same rows as the reference.
     Search(SearchBenchArgs),
+    /// The medium random model over generated videos through an in-process coordinator and the
+    /// worker loop, prefetch off then on: videos/min, model busy ratio, seconds per stage.
+    Pipeline(PipelineBenchArgs),
 }
 
 /// `vidx bench search`.
@@ -513,6 +516,30 @@ pub struct SearchBenchArgs {
     /// Indexing threads (default: the cores, at most 4).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `vidx bench pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineBenchArgs {
+    /// Videos indexed in each run.
+    #[arg(long, default_value_t = 8)]
+    pub videos: u32,
+    /// Length of each video in seconds (sampled at 2 frames a second).
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u32,
+    /// Tokens generated a question.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Jobs prepared ahead of the model in the second run.
+    #[arg(long, default_value_t = vidx_worker::runtime::default_prefetch())]
+    pub prefetch: usize,
+    /// Where the model runs: `cpu`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu", value_parser = parse_setting::<DeviceSetting>)]
+    pub device: DeviceSetting,
+    /// A checkpoint folder whose `tokenizer.json` (the Qwen2.5 vocabulary) the random model
+    /// speaks; by default the repository's tiny fixture.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/qwen2_5_vl/tiny-realvocab"))]
+    pub tokenizer_dir: std::path::PathBuf,
 }
 
 /// `vidx bench scale`.

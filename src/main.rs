@@ -56,6 +56,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = args.into_config()?;
             print(tokio::task::spawn_blocking(move || vidx::bench::search::run(&config)).await??)
         }
+        Command::Bench(BenchCommand::Pipeline(args)) => {
+            vidx::bench::pipeline::pipeline(args.into_config()?).await
+        }
     }
 }
 

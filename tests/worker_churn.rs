@@ -55,7 +55,7 @@ fn a_worker_killed_mid_job_loses_no_video() {
         &["--lease-secs", "5", "--max-new-tokens", SLOW_TOKENS],
         &[],
     );
-    let killed_job = doomed.wait_leased("/videos/");
+    let killed_job = doomed.wait_leased("/videos/short-");
     doomed.kill();
     assert_eq!(
         cluster.job(&pass_id, &killed_job)["state"],
@@ -97,7 +97,7 @@ fn a_worker_terminated_mid_job_hands_it_back_and_exits_within_its_grace() {
         ],
         &[],
     );
-    let job_id = leaving.wait_leased("/videos/");
+    let job_id = leaving.wait_leased("/videos/short-");
     let leased = cluster.job(&pass_id, &job_id);
     assert_eq!(leased["state"], "leased", "{leased}");
     leaving.terminate();
@@ -133,8 +133,10 @@ fn workers_ride_out_a_coordinator_restart_and_a_redis_restart() {
     let mut first = cluster.worker("first", &args, &[]);
     let mut second = cluster.worker("second", &args, &[]);
 
-    // The coordinator goes away mid-job and comes back on the same port.
+    // The coordinator goes away mid-job and comes back on the same port. Both workers hold a
+    // job first: a worker connects once at start, and one that starts during the outage exits.
     first.wait_leased("/videos/");
+    second.wait_leased("/videos/");
     cluster.stop_coordinator();
     // A call that found no coordinator (a heartbeat, a report or a lease) says so and is made
     // again later.
@@ -142,7 +144,7 @@ fn workers_ride_out_a_coordinator_restart_and_a_redis_restart() {
     cluster.start_coordinator();
 
     // Then Redis dies under the coordinator and restarts from its append-only file.
-    second.wait_leased("/videos/");
+    first.wait_leased("/videos/");
     cluster.kill_redis();
     cluster.start_redis();
 

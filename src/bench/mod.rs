@@ -20,6 +20,7 @@ use vidx_testkit::redis::RedisServer;
 
 use crate::cli::QueueBenchArgs;
 
+pub mod pipeline;
 pub mod scale;
 pub mod search;
 
