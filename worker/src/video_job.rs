@@ -511,8 +511,13 @@ impl VideoJobRunner {
                 .map_err(|error| index_failure("index", error))?;
             if written {
                 info!(key = %part_key, "segment part already written");
-                let reported =
-                    self.count_and_assemble(job, &index, &document_key, segment_index, segment_count)?;
+                let reported = self.count_and_assemble(
+                    job,
+                    &index,
+                    &document_key,
+                    segment_index,
+                    segment_count,
+                )?;
                 return Ok(Probed::Done {
                     key: reported,
                     skipped: false,
