@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use vidx_coordinator::access::AccessPolicy;
 use vidx_coordinator::metrics::Metrics;
 use vidx_coordinator::service::Coordinator;
@@ -170,6 +170,40 @@ fn abort_on_url() -> Option<String> {
         .filter(|needle| !needle.is_empty())
 }
 
+/// Connects to the coordinator, retrying with backoff while it cannot be reached: a worker that
+/// starts during a coordinator outage (or before the coordinator does) waits for it rather than
+/// exiting and reloading its model. A bad URL or TLS setting fails at once. `None`: shut down
+/// first.
+async fn connect_with_retry(
+    client: &crate::cli::ClientArgs,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Option<vidx_core::client::CoordinatorClient>> {
+    let config = client.config()?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match vidx_core::client::CoordinatorClient::connect(&config).await {
+            Ok(connected) => {
+                health.coordinator_call(Ok(()));
+                return Ok(Some(connected));
+            }
+            Err(error) if error.is_transient() => {
+                health.coordinator_call(Err(error.to_string()));
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator unreachable, retrying");
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("cannot connect to coordinator {}", config.url)));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// `vidx worker`: serves a coordinator until SIGTERM (or, with `--exit-when-idle`, no work).
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
     let metrics = Arc::new(WorkerMetrics::new());
@@ -199,7 +233,12 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
         None => None,
     };
     let options = args.model.load_options()?;
-    let client: Arc<dyn JobSource> = Arc::new(args.client.connect().await?);
+    let Some(client) = connect_with_retry(&args.client, &health, &shutdown).await? else {
+        info!("shut down before the coordinator could be reached");
+        stop_serving.cancel();
+        return Ok(());
+    };
+    let client: Arc<dyn JobSource> = Arc::new(client);
     let runner = batched(
         args.model
             .pipeline(&options)
