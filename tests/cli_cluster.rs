@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{VIDX, ffmpeg_clip, start_coordinator};
+use common::{ffmpeg_clip, start_coordinator, stdout_of, vidx_client};
 use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "cli-token";
-
-fn vidx(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(VIDX)
-        .args(args)
-        .env("VIDX_COORDINATOR", url)
-        .env("VIDX_TOKEN", token)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("vidx runs")
-}
-
-fn stdout_of(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "vidx failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 /// The last line of stderr of a failed run; failing runs say what is wrong on one line.
 fn error_of(output: &Output) -> String {
@@ -49,7 +30,7 @@ fn client_commands_against_a_real_coordinator() {
     let corpus_dir = corpus.path().to_str().unwrap();
     let out_dir = out.path().to_str().unwrap();
 
-    let submitted = vidx(
+    let submitted = vidx_client(
         &url,
         TOKEN,
         &[
@@ -67,7 +48,7 @@ fn client_commands_against_a_real_coordinator() {
     // Planning runs in the coordinator; no worker runs, so the jobs wait.
     let started = Instant::now();
     let status = loop {
-        let output = vidx(&url, TOKEN, &["status", &pass_id, "--json"]);
+        let output = vidx_client(&url, TOKEN, &["status", &pass_id, "--json"]);
         let status: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
         if status["state"] == "running" && status["counts"]["pending"] == 2 {
             break status;
@@ -80,9 +61,9 @@ fn client_commands_against_a_real_coordinator() {
     };
     assert_eq!(status["pass_id"], pass_id.as_str());
 
-    let passes = stdout_of(&vidx(&url, TOKEN, &["passes"]));
+    let passes = stdout_of(&vidx_client(&url, TOKEN, &["passes"]));
     assert!(passes.contains(&pass_id), "{passes}");
-    let jobs = stdout_of(&vidx(&url, TOKEN, &["jobs", &pass_id, "--json"]));
+    let jobs = stdout_of(&vidx_client(&url, TOKEN, &["jobs", &pass_id, "--json"]));
     let urls: Vec<String> = jobs
         .lines()
         .map(|line| {
@@ -92,7 +73,7 @@ fn client_commands_against_a_real_coordinator() {
         .collect();
     assert_eq!(urls.len(), 2, "{jobs}");
     assert!(urls.iter().any(|url| url.ends_with("/a.mp4")), "{urls:?}");
-    let pending = stdout_of(&vidx(
+    let pending = stdout_of(&vidx_client(
         &url,
         TOKEN,
         &["jobs", &pass_id, "--state", "pending"],
@@ -100,15 +81,15 @@ fn client_commands_against_a_real_coordinator() {
     assert_eq!(pending.lines().count(), 2, "{pending}");
 
     // A finished pass is what finalize takes; a running one is refused.
-    let early = error_of(&vidx(&url, TOKEN, &["finalize", &pass_id]));
+    let early = error_of(&vidx_client(&url, TOKEN, &["finalize", &pass_id]));
     assert!(
         early.contains("finalize it once it has finished"),
         "{early}"
     );
 
-    let cancelled = stdout_of(&vidx(&url, TOKEN, &["cancel", &pass_id]));
+    let cancelled = stdout_of(&vidx_client(&url, TOKEN, &["cancel", &pass_id]));
     assert!(cancelled.contains("cancelled"), "{cancelled}");
-    let finalized = stdout_of(&vidx(&url, TOKEN, &["finalize", &pass_id]));
+    let finalized = stdout_of(&vidx_client(&url, TOKEN, &["finalize", &pass_id]));
     assert!(
         finalized.contains("2 videos: 0 indexed, 0 skipped, 2 failed"),
         "{finalized}"
@@ -119,13 +100,13 @@ fn client_commands_against_a_real_coordinator() {
     assert_eq!(manifest["pass_id"], pass_id.as_str());
 
     // What is wrong is said on one line, with a non-zero exit.
-    let bad_token = error_of(&vidx(&url, "wrong-token", &["passes"]));
+    let bad_token = error_of(&vidx_client(&url, "wrong-token", &["passes"]));
     assert!(bad_token.contains("invalid token"), "{bad_token}");
-    let unknown = error_of(&vidx(&url, TOKEN, &["status", "no-such-pass"]));
+    let unknown = error_of(&vidx_client(&url, TOKEN, &["status", "no-such-pass"]));
     assert!(unknown.contains("no-such-pass"), "{unknown}");
     // A bad flag value is refused by the argument parser before anything is sent, on a line
     // that names the flag and the values it takes.
-    let bad_state = vidx(&url, TOKEN, &["jobs", &pass_id, "--state", "napping"]);
+    let bad_state = vidx_client(&url, TOKEN, &["jobs", &pass_id, "--state", "napping"]);
     assert!(!bad_state.status.success());
     let bad_state = String::from_utf8_lossy(&bad_state.stderr);
     let first = bad_state.lines().next().unwrap_or_default();
@@ -135,6 +116,6 @@ fn client_commands_against_a_real_coordinator() {
             && first.contains("pending"),
         "{bad_state}"
     );
-    let missing_source = error_of(&vidx(&url, TOKEN, &["submit", "", "--out", out_dir]));
+    let missing_source = error_of(&vidx_client(&url, TOKEN, &["submit", "", "--out", out_dir]));
     assert!(!missing_source.is_empty());
 }

@@ -10,29 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{VIDX, ffmpeg_clip, start_coordinator};
+use common::{VIDX, ffmpeg_clip, start_coordinator, stdout_of, vidx_client};
 use vidx_testkit::ChildGuard;
 use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "cluster-documents-token";
 
 fn vidx(url: &str, args: &[&str]) -> Output {
-    Command::new(VIDX)
-        .args(args)
-        .env("VIDX_COORDINATOR", url)
-        .env("VIDX_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("vidx runs")
-}
-
-fn stdout_of(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "vidx failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
+    vidx_client(url, TOKEN, args)
 }
 
 fn fixture_model() -> PathBuf {

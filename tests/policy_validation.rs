@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{VIDX, start_coordinator, temp_prefix};
+use common::{start_coordinator, temp_prefix, vidx_client};
 use tonic::Code;
 use vidx_core::auth::{AttachToken, Token};
 use vidx_proto::v1 as pb;
@@ -37,13 +37,7 @@ const GOOD_POLICY: &str = "categories:
 ";
 
 fn vidx(url: &str, args: &[&str]) -> Output {
-    Command::new(VIDX)
-        .args(args)
-        .env("VIDX_COORDINATOR", url)
-        .env("VIDX_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("vidx runs")
+    vidx_client(url, TOKEN, args)
 }
 
 /// The last line of stderr of a failed run.

@@ -8,7 +8,7 @@ pub mod helm;
 pub mod scrape;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use vidx_testkit::vidx::CoordinatorOptions;
 pub use vidx_testkit::vidx::VidxCoordinator;
@@ -65,4 +65,26 @@ pub fn ffmpeg_clip(path: &Path, seconds: u32) {
         .status()
         .expect("ffmpeg runs (run scripts/setup.sh)");
     assert!(status.success(), "ffmpeg {}", path.display());
+}
+
+/// Runs a `vidx` client command against the coordinator at `url` with `token`, logging warnings
+/// only.
+pub fn vidx_client(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(VIDX)
+        .args(args)
+        .env("VIDX_COORDINATOR", url)
+        .env("VIDX_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("vidx runs")
+}
+
+/// The stdout of a `vidx` run that must have succeeded (its stderr otherwise).
+pub fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "vidx failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
 }
