@@ -37,7 +37,7 @@ tools="$repo_root/.tools"
 
 if ! "$repo_root/venv/bin/python" -c 'import pyarrow, duckdb, azure.storage.blob' 2>/dev/null; then
   python3 -m venv "$repo_root/venv"
-  "$repo_root/venv/bin/pip" install -q pyarrow duckdb azure-storage-blob==12.*
+  "$repo_root/venv/bin/pip" install -q "duckdb==$DUCKDB_VERSION" "pyarrow==$PYARROW_VERSION" azure-storage-blob==12.*
 fi
 
 mkdir -p "$tools/bin"
@@ -84,9 +84,3 @@ if ! { [ -x "$tools/bin/kubernetes-validate" ] && [ -x "$tools/bin/hadolint" ] \
   ln -sf "$tools/k8s-checks/bin/hadolint" "$tools/bin/hadolint"
 fi
 
-# DuckDB and pyarrow, for the tests that read the evidence tables' Parquet parts the way users
-# do (`SELECT ... FROM 'index/table/claims/*.parquet'`).
-if ! "$tools/duckdb/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
-  python3 -m venv "$tools/duckdb"
-  "$tools/duckdb/bin/pip" install -q "duckdb==$DUCKDB_VERSION" "pyarrow==$PYARROW_VERSION"
-fi

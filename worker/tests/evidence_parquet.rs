@@ -1,9 +1,8 @@
 //! The corpus tables open in pyarrow and DuckDB with the columns `SCHEMA.md` documents, and
 //! accumulate over passes: DuckDB over `table/claims/*.parquet` sees every pass's rows.
 //!
-//! Needs a Python with pyarrow and duckdb: `scripts/install-test-servers.sh` makes
-//! `.tools/duckdb/` (and `venv/` at the repository root); `VIDX_PYTHON`
-//! overrides the interpreter. The test fails, saying so, when none is there.
+//! Needs a Python with pyarrow and duckdb: `scripts/install-test-servers.sh` makes `venv/` at the
+//! repository root with both; `VIDX_PYTHON` overrides the interpreter. The test fails, saying so, when none is there.
 
 mod evidence_support;
 
@@ -17,20 +16,14 @@ fn python() -> String {
     if let Ok(path) = std::env::var("VIDX_PYTHON") {
         return path;
     }
-    let candidates = [
-        workspace_root().join(".tools/duckdb/bin/python"),
-        workspace_root().join("venv/bin/python"),
-    ];
-    let found = candidates
-        .iter()
-        .find(|path| path.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "none of {candidates:?} exists: run scripts/install-test-servers.sh (makes \
-             .tools/duckdb with pyarrow and duckdb) or set VIDX_PYTHON"
-            )
-        });
-    found.to_string_lossy().into_owned()
+    let venv = workspace_root().join("venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/install-test-servers.sh (makes venv/ with pyarrow and duckdb) \
+         or set VIDX_PYTHON",
+        venv.display()
+    );
+    venv.to_string_lossy().into_owned()
 }
 
 /// Column names listed in the first column of the table under `heading` in SCHEMA.md.
