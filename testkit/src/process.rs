@@ -328,15 +328,22 @@ mod tests {
     #[test]
     fn waiting_reads_lines_from_both_streams() {
         let mut guard = shell("echo one; echo 'port 4242' >&2; exec sleep 600");
-        let port = guard
-            .wait_for_line("report a port", Duration::from_secs(20), |line| {
-                (line.stream == Stream::Stderr)
-                    .then(|| line.text.strip_prefix("port ")?.parse::<u16>().ok())
-                    .flatten()
+        // The two pipes are read on two threads, so the stderr line may come before the stdout
+        // one: wait until both have been seen.
+        let (mut saw_one, mut port) = (false, None);
+        guard
+            .wait_for_line("write both lines", Duration::from_secs(20), |line| {
+                match line.stream {
+                    Stream::Stdout => saw_one |= line.text == "one",
+                    Stream::Stderr => {
+                        port = port.or_else(|| line.text.strip_prefix("port ")?.parse::<u16>().ok())
+                    }
+                }
+                (saw_one && port.is_some()).then_some(())
             })
             .unwrap();
-        assert_eq!(port, 4242);
-        // The two pipes are read on two threads: each keeps its order, not their interleaving.
+        assert_eq!(port, Some(4242));
+        // Each line enters the tail before it is sent, so both are in the log now.
         let log = guard.log();
         assert!(log.contains("one") && log.contains("port 4242"), "{log}");
     }
