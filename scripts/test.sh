@@ -28,11 +28,18 @@ compile_cuda() (
   CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
   export CUDAFORGE_THREADS
   started=$(date +%s)
-  cargo build --locked --features cuda --bin vidx
+  # One cargo invocation for everything: two would resolve features differently (the model's
+  # dev-dependencies, the root's build scripts), give candle-kernels' build script two hashes and
+  # compile every kernel twice (about 8 minutes on 2 cores). The root's integration tests below
+  # make cargo build the `vidx` binary itself with the feature on.
+  model_tests=()
+  for test in model/tests/*.rs; do
+    model_tests+=(--test "$(basename "$test" .rs)")
+  done
+  cargo test --locked --no-run --features vidx/cuda,vidx-model/cuda -p vidx -p vidx-model \
+    --lib --benches "${model_tests[@]}" --test device_flags --test cuda_toolchain
   target_dir="${CARGO_TARGET_DIR:-target}"
   cp "$target_dir/debug/vidx" "$target_dir/vidx-cuda"
-  cargo test --locked --features cuda --no-run -p vidx-model --lib --tests --benches
-  cargo test --locked --features cuda --no-run --test device_flags --test cuda_toolchain
   echo "test.sh: CUDA build compiled in $(($(date +%s) - started)) s"
 )
 
