@@ -6,6 +6,8 @@ use vidx::cli::{BenchCommand, Cli, Command};
 use vidx::commands::{ask, coordinator, evidence, fetch_model, finalize, media, passes, worker};
 
 fn main() -> std::process::ExitCode {
+    // Before any thread starts: the model's CPU buffers are reused instead of remapped.
+    vidx_model::allocator::keep_freed_buffers();
     let cli = Cli::parse();
     vidx::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -356,6 +356,8 @@ fused ops vs candle composition, f32, CPU (median of 20; ratio = fused / composi
 }
 
 fn main() -> Result<()> {
+    // As the `vidx` binary does: large CPU buffers are reused instead of remapped per op.
+    vidx_model::allocator::keep_freed_buffers();
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let repeats: usize = std::env::var("VIDX_BENCH_REPEATS")
         .ok()

@@ -220,6 +220,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<()> {
+    // As the `vidx` binary does: large CPU buffers are reused instead of remapped per op.
+    vidx_model::allocator::keep_freed_buffers();
     let args = parse_args()?;
     let preset = &args.preset;
     let config = Config::from_json(preset.config_json)?;

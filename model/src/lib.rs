@@ -40,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod batch;
 pub mod config;
 pub mod detokenize;

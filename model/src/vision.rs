@@ -158,6 +158,8 @@ impl Module for RmsNorm {
 /// Built on the host from the layout's integers; nothing is read back from the device.
 #[derive(Debug)]
 struct AttentionPlan {
+    /// `(first patch, length)` of every non-empty chunk, in sequence order (the CPU path).
+    chunks: Vec<(usize, usize)>,
     /// Patch permutation putting equal-length chunks next to each other (`None`: they already
     /// are), and its inverse.
     order: Option<(Tensor, Tensor)>,
@@ -167,11 +169,12 @@ struct AttentionPlan {
 
 impl AttentionPlan {
     fn new(cu: &[usize], num_heads: usize, device: &Device) -> Result<Self> {
-        let mut chunks: Vec<(usize, usize)> = cu
+        let in_order: Vec<(usize, usize)> = cu
             .windows(2)
             .map(|pair| (pair[0], pair[1] - pair[0]))
             .filter(|&(_, size)| size > 0)
             .collect();
+        let mut chunks = in_order.clone();
         // Stable: chunks of one length keep their relative order.
         chunks.sort_by_key(|&(_, size)| std::cmp::Reverse(size));
         let mut permutation = Vec::with_capacity(cu.last().copied().unwrap_or(0));
@@ -209,7 +212,11 @@ impl AttentionPlan {
             }
             first += size * count;
         }
-        Ok(Self { order, launches })
+        Ok(Self {
+            chunks: in_order,
+            order,
+            launches,
+        })
     }
 }
 
@@ -269,6 +276,11 @@ impl VisionAttention {
             .to_dtype(dtype)?
             .reshape((seq, 2 * heads * head_dim))?;
         let v = self.v.forward(xs)?;
+        if xs.device().is_cpu() && dtype == DType::F32 {
+            // Per (chunk, head) tasks over the threads: no copies, no tiny parallel GEMMs.
+            let out = crate::ops::chunked_attention_cpu(&qk, &v, &plan.chunks, heads, head_dim)?;
+            return Ok(self.proj.forward(&out)?);
+        }
         let (qk, v) = match &plan.order {
             Some((order, _)) => (qk.index_select(order, 0)?, v.index_select(order, 0)?),
             None => (qk, v),
@@ -324,15 +336,33 @@ fn group_equal_chunks(chunks: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
 
 #[derive(Debug, Clone)]
 struct VisionMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` stacked into one `[2 * inter, dim]` projection (gate first).
+    gate_up: Linear,
     down_proj: Linear,
+}
+
+impl VisionMlp {
+    fn new(dim: usize, inter: usize, vb: VarBuilder) -> Result<Self> {
+        let gate = linear_b(dim, inter, true, vb.pp("gate_proj"))?;
+        let up = linear_b(dim, inter, true, vb.pp("up_proj"))?;
+        let bias = |l: &Linear| {
+            l.bias()
+                .cloned()
+                .ok_or_else(|| Error::Config("vision mlp has no bias".into()))
+        };
+        let weight = Tensor::cat(&[gate.weight(), up.weight()], 0)?;
+        let bias = Tensor::cat(&[&bias(&gate)?, &bias(&up)?], 0)?;
+        Ok(Self {
+            gate_up: Linear::new(weight, Some(bias)),
+            down_proj: linear_b(inter, dim, true, vb.pp("down_proj"))?,
+        })
+    }
 }
 
 impl Module for VisionMlp {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let hidden = crate::ops::silu_mul(&self.gate_up.forward(xs)?)?;
+        self.down_proj.forward(&hidden)
     }
 }
 
@@ -347,16 +377,11 @@ struct VisionBlock {
 impl VisionBlock {
     fn new(config: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let (dim, inter) = (config.hidden_size, config.intermediate_size);
-        let mlp = vb.pp("mlp");
         Ok(Self {
             norm1: rms_norm(&vb.pp("norm1"), dim, 1e-6)?,
             norm2: rms_norm(&vb.pp("norm2"), dim, 1e-6)?,
             attn: VisionAttention::new(config, vb.pp("attn"))?,
-            mlp: VisionMlp {
-                gate_proj: linear_b(dim, inter, true, mlp.pp("gate_proj"))?,
-                up_proj: linear_b(dim, inter, true, mlp.pp("up_proj"))?,
-                down_proj: linear_b(inter, dim, true, mlp.pp("down_proj"))?,
-            },
+            mlp: VisionMlp::new(dim, inter, vb.pp("mlp"))?,
         })
     }
 

@@ -4,18 +4,42 @@
 //! - [`rms_norm_residual`]: residual add + RMSNorm in one pass (both outputs).
 //! - [`causal_softmax`]: last-dimension softmax under a causal mask computed from indices, so
 //!   no mask tensor is built on the host per attention block.
+//! - [`chunked_attention_cpu`] (CPU only): the vision tower's windowed attention, one task per
+//!   (window, head) reading q, k and v in place, instead of 256 tiny parallel GEMMs per block.
+//! - [`silu_mul`]: SwiGLU's `silu(gate) * up` over a fused gate|up projection in one pass (the
+//!   candle composition off the CPU).
+//!
+//! The CPU loops use a vectorisable `exp` (`exp.rs`) instead of libm's scalar one.
 //!
 //! Rotary embeddings need no op here: candle's `rope`/`rope_thd` already have CPU and CUDA
 //! kernels. Every op is tested against the plain candle composition on the CPU, and on the
 //! GPU when `VIDX_TEST_DEVICE` names one in a CUDA build.
 
 mod causal_softmax;
+mod chunked_attention;
+mod exp;
 mod rms_norm_residual;
+mod silu_mul;
 
 pub use causal_softmax::causal_softmax;
+pub use chunked_attention::chunked_attention_cpu;
 pub use rms_norm_residual::rms_norm_residual;
+pub use silu_mul::silu_mul;
 
-use candle_core::WithDType;
+use candle_core::{Layout, WithDType};
+
+/// The elements of a CPU buffer that `layout` covers, which must be contiguous.
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    Ok(&data[offsets(layout)?])
+}
+
+/// The element range of a contiguous `layout` in its buffer.
+fn offsets(layout: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(start..end),
+        None => candle_core::bail!("vidx op: input is not contiguous"),
+    }
+}
 
 /// Splits `rows` rows into one contiguous range per CPU thread (a single range for small
 /// inputs, where spawning costs more than it saves) and runs `work(first_row, row_count)` on

@@ -6,7 +6,9 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
-use super::{SharedRows, for_row_ranges, from_f32, to_f32};
+#[cfg(feature = "cuda")]
+use super::offsets;
+use super::{SharedRows, contiguous, for_row_ranges, from_f32, to_f32};
 
 /// Returns `(sum, normed)`: `sum = x + residual` rounded to the input dtype (the residual
 /// stream) and `normed = rms_norm(sum, weight, eps)` over the last dimension.
@@ -58,10 +60,6 @@ pub fn rms_norm_residual(
 
 struct RmsNormResidual {
     eps: f32,
-}
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    Ok(&data[offsets(layout)?])
 }
 
 fn cpu<T: WithDType>(x: &[T], residual: &[T], weight: &[T], cols: usize, eps: f32) -> Vec<T> {
@@ -238,13 +236,6 @@ impl CustomOp3 for RmsNormResidual {
 }
 
 /// The element range of a contiguous layout.
-fn offsets(layout: &Layout) -> Result<std::ops::Range<usize>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(start..end),
-        None => candle_core::bail!("rms_norm_residual: input is not contiguous"),
-    }
-}
-
 fn output_shape(layout: &Layout) -> Shape {
     let mut dims = vec![2];
     dims.extend_from_slice(layout.dims());
