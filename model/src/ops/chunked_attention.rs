@@ -157,26 +157,11 @@ fn attend(
     // `k` (element (d, j) at `k + j * q_rows + d`). Both stay inside qk (asserted above) and qk
     // outlives the call. dst is not read (`read_dst` false).
     unsafe {
-        gemm::gemm(
-            len,
-            len,
-            hd,
-            scores.as_mut_ptr(),
-            1,
-            len as isize,
-            false,
-            qk.as_ptr().add(q),
-            1,
-            q_rows as isize,
-            qk.as_ptr().add(k),
-            q_rows as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+        matmul_serial(
+            (len, len, hd),
+            (scores.as_mut_ptr(), len),
+            (qk.as_ptr().add(q), q_rows, 1),
+            (qk.as_ptr().add(k), 1, q_rows),
         );
     }
     for row in scores.chunks_exact_mut(len) {
@@ -187,20 +172,44 @@ fn attend(
     // `[patches, width]` output buffer at offset `vo`, which has v's length; no other task
     // writes these elements (see `SharedOut`), and the buffer outlives the thread scope.
     unsafe {
+        matmul_serial(
+            (len, hd, len),
+            (out.add(vo), width),
+            (scores.as_ptr(), len, 1),
+            (v.as_ptr().add(vo), width, 1),
+        );
+    }
+}
+
+/// `dst = lhs @ rhs` on the calling thread: `(m, n, k)`, `dst` row-major `m x n` with row
+/// stride `dst.1`, `lhs` an `m x k` view and `rhs` a `k x n` view, each `(pointer, row stride,
+/// column stride)`.
+///
+/// # Safety
+/// Every view must lie inside a live buffer for the call, and no other thread may touch the
+/// elements `dst` covers meanwhile.
+unsafe fn matmul_serial(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+) {
+    // SAFETY: the caller's promise above; gemm does not read dst (`read_dst` false).
+    unsafe {
         gemm::gemm(
-            len,
-            hd,
-            len,
-            out.add(vo),
+            m,
+            n,
+            k,
+            dst,
             1,
-            width as isize,
+            dst_rs as isize,
             false,
-            scores.as_ptr(),
-            1,
-            len as isize,
-            v.as_ptr().add(vo),
-            1,
-            width as isize,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
             0.0,
             1.0,
             false,

@@ -29,6 +29,7 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
 
 struct SiluMul;
 
+/// The loop over rows (for f32 the conversions are no-ops and the loop vectorises).
 fn cpu<T: WithDType>(x: &[T], last: usize) -> Vec<T> {
     let inter = last / 2;
     let rows = x.len().checked_div(last).unwrap_or(0);
@@ -49,26 +50,6 @@ fn cpu<T: WithDType>(x: &[T], last: usize) -> Vec<T> {
     out
 }
 
-/// The f32 loop, kept apart from the generic one so that it vectorises.
-fn cpu_f32(x: &[f32], last: usize) -> Vec<f32> {
-    let inter = last / 2;
-    let rows = x.len().checked_div(last).unwrap_or(0);
-    let mut out = vec![0f32; rows * inter];
-    let shared = SharedRows::new(&mut out);
-    for_row_ranges(rows, last, |first, count| {
-        // SAFETY: for_row_ranges hands each call a disjoint row range; `out` outlives it.
-        let out = unsafe { shared.rows(first * inter, count * inter) };
-        let input = &x[first * last..(first + count) * last];
-        for (out_row, row) in out.chunks_exact_mut(inter).zip(input.chunks_exact(last)) {
-            let (gate, up) = row.split_at(inter);
-            for ((o, &g), &u) in out_row.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + exp_f32(-g)) * u;
-            }
-        }
-    });
-    out
-}
-
 impl CustomOp1 for SiluMul {
     fn name(&self) -> &'static str {
         "vidx-silu-mul"
@@ -77,7 +58,7 @@ impl CustomOp1 for SiluMul {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let last = layout.dims().last().copied().unwrap_or(0);
         let storage = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(cpu_f32(contiguous(x, layout)?, last)),
+            CpuStorage::F32(x) => CpuStorage::F32(cpu(contiguous(x, layout)?, last)),
             CpuStorage::BF16(x) => CpuStorage::BF16(cpu(contiguous(x, layout)?, last)),
             _ => candle_core::bail!("silu_mul: unsupported dtype on the CPU"),
         };
