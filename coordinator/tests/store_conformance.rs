@@ -173,3 +173,58 @@ mod redis_layout {
         assert!(left.is_empty(), "keys left after expiry: {left:?}");
     }
 }
+
+/// What a Redis restart under a running store does to the calls that follow it.
+mod redis_restart {
+    use vidx_coordinator::store::{JobStore, RedisStore, conformance::RETRY};
+    use vidx_core::domain::{PassSpec, Sampling, TaskSpec};
+    use vidx_testkit::redis::{RedisOptions, RedisServer};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    /// Redis is killed and restarted on its port from its append-only file: the first read after
+    /// it answers (the connection it finds dropped is replaced and the read made again), and so
+    /// does every read after that, many times over so a lucky reconnect cannot hide a failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_after_a_redis_restart_answer_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = RedisOptions {
+            append_only: true,
+            dir: Some(dir.path().to_owned()),
+            port: None,
+        };
+        let server = RedisServer::start_with(&options)
+            .expect("redis-server starts (run scripts/install-test-servers.sh)");
+        options.port = Some(server.port());
+        let store = RedisStore::connect(&server.url(), "vidx-test", RETRY)
+            .await
+            .unwrap();
+        let spec = PassSpec {
+            source: "s3://archive/clips/".into(),
+            destination: "s3://archive-index/".into(),
+            task: TaskSpec::Index { prompt: None },
+            sampling: Sampling::default(),
+            idempotency_key: None,
+            max_attempts: 3,
+            verify: None,
+        };
+        let pass_id = store.create_pass(&spec, T0).await.unwrap().pass_id;
+        // Acknowledged writes reach the append-only file within a second (fsync everysec).
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let mut server = server;
+        for restart in 0..5 {
+            drop(server);
+            server = RedisServer::start_with(&options).expect("redis-server restarts");
+            let status = store
+                .pass_status(&pass_id, T0 + 1)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!("restart {restart}: the first read after it failed: {error}")
+                });
+            assert_eq!(status.pass_id, pass_id);
+            let jobs = store.list_jobs(&pass_id, None, 10, None).await.unwrap();
+            assert!(jobs.items.is_empty());
+        }
+        drop(server);
+    }
+}

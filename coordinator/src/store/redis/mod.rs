@@ -161,6 +161,29 @@ impl RedisStore {
         self.connection.clone()
     }
 
+    /// Makes a read again, once, when it found the connection dropped (Redis restarted, or
+    /// something in between cut it). The manager replaces a dropped connection when a command
+    /// finds it so, but that command still fails; the second try goes out on the new connection,
+    /// and fails with its own error if Redis is still down. Only reads come through here: a
+    /// script whose reply was lost may have run, so writes are left to their callers, which try
+    /// again under their leases' fencing.
+    async fn read<T, F, Fut>(&self, read: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match read().await {
+            Err(Error::Redis(error)) if error.is_connection_dropped() => {
+                tracing::warn!(
+                    error = %redact_error(&error),
+                    "redis connection dropped; reading again on a new one"
+                );
+                read().await
+            }
+            other => other,
+        }
+    }
+
     fn pass_key(&self, pass_id: &str) -> String {
         format!("{}:pass:{pass_id}", self.prefix)
     }
@@ -454,4 +477,5 @@ fn non_empty(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
 }
 
+mod listing;
 mod store_impl;

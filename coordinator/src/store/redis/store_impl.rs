@@ -85,34 +85,38 @@ impl JobStore for RedisStore {
     }
 
     async fn planning_passes(&self) -> Result<Vec<PlanningPass>> {
-        let mut conn = self.conn();
-        let active: Vec<String> = conn.smembers(format!("{}:active", self.prefix)).await?;
-        let mut planning = Vec::new();
-        for pass_id in active {
-            let (state, spec, cursor): (Option<String>, Option<String>, Option<String>) =
-                redis::cmd("HMGET")
-                    .arg(self.pass_key(&pass_id))
-                    .arg(&["state", "spec", "cursor"])
-                    .query_async(&mut conn)
-                    .await?;
-            if state.as_deref() != Some("planning") {
-                continue;
+        self.read(|| async move {
+            let mut conn = self.conn();
+            let active: Vec<String> = conn.smembers(format!("{}:active", self.prefix)).await?;
+            let mut planning = Vec::new();
+            for pass_id in active {
+                let (state, spec, cursor): (Option<String>, Option<String>, Option<String>) =
+                    redis::cmd("HMGET")
+                        .arg(self.pass_key(&pass_id))
+                        .arg(&["state", "spec", "cursor"])
+                        .query_async(&mut conn)
+                        .await?;
+                if state.as_deref() != Some("planning") {
+                    continue;
+                }
+                planning.push(PlanningPass {
+                    spec: decode_pass_spec(spec.as_ref())?,
+                    pass_id,
+                    cursor,
+                });
             }
-            planning.push(PlanningPass {
-                spec: decode_pass_spec(spec.as_ref())?,
-                pass_id,
-                cursor,
-            });
-        }
-        Ok(planning)
+            Ok(planning)
+        })
+        .await
     }
 
     async fn pass_spec(&self, pass_id: &str) -> Result<PassSpec> {
-        Ok(self.pass_info(pass_id, false).await?.spec.clone())
+        self.read(|| async move { Ok(self.pass_info(pass_id, false).await?.spec.clone()) })
+            .await
     }
 
     async fn pass_status(&self, pass_id: &str, now_ms: i64) -> Result<PassStatus> {
-        self.status_of(pass_id, now_ms).await
+        self.read(|| self.status_of(pass_id, now_ms)).await
     }
 
     async fn list_passes(
@@ -121,32 +125,8 @@ impl JobStore for RedisStore {
         cursor: Option<&str>,
         now_ms: i64,
     ) -> Result<Page<PassStatus>> {
-        let max = match cursor {
-            Some(token) => format!("({}", page_token::decode("passes", token)?),
-            None => "+".to_owned(),
-        };
-        let ids: Vec<String> = self
-            .conn()
-            .zrevrangebylex_limit(
-                format!("{}:passes", self.prefix),
-                &max,
-                "-",
-                0,
-                page_size as isize + 1,
-            )
-            .await?;
-        let mut items = Vec::new();
-        for pass_id in ids.iter().take(page_size as usize) {
-            items.push(self.status_of(pass_id, now_ms).await?);
-        }
-        let next = (ids.len() > page_size as usize)
-            .then(|| {
-                items
-                    .last()
-                    .map(|last| page_token::encode("passes", &last.pass_id))
-            })
-            .flatten();
-        Ok(Page { items, next })
+        self.read(|| self.passes_page(page_size, cursor, now_ms))
+            .await
     }
 
     async fn list_jobs(
@@ -156,94 +136,12 @@ impl JobStore for RedisStore {
         page_size: u32,
         cursor: Option<&str>,
     ) -> Result<Page<Job>> {
-        let scope = jobs_scope(pass_id, filter);
-        let after = match cursor {
-            Some(token) => page_token::decode(&scope, token)?
-                .parse::<u64>()
-                .map_err(|_| Error::invalid("page token was not issued for this listing"))?,
-            None => 0,
-        };
-        let reply = checked(
-            self.run(
-                &self.scripts.list,
-                &[
-                    pass_id,
-                    filter.map_or("", JobState::as_str),
-                    &after.to_string(),
-                    &page_size.to_string(),
-                    &LIST_SCAN_BUDGET.max(page_size).to_string(),
-                ],
-            )
-            .await?,
-            || format!("pass {pass_id}"),
-        )?;
-        let mut items = Vec::new();
-        for fields in reply[2..].chunks_exact(7) {
-            let [n, state, attempt, rest, version, result, last_error] = fields else {
-                unreachable!("chunks_exact(7) yields 7 fields")
-            };
-            let state = JobState::parse(state)
-                .ok_or_else(|| Error::Corrupt(format!("list replied state {state:?}")))?;
-            let attempt = attempt
-                .parse()
-                .map_err(|_| Error::Corrupt(format!("list replied attempt {attempt:?}")))?;
-            let (crashes, where_part) = split_rest(rest)?;
-            items.push(
-                self.decode_job(StoredJob {
-                    job_id: format!("{pass_id}.{n}"),
-                    pass_id,
-                    state,
-                    attempt,
-                    crashes,
-                    where_part,
-                    version: non_empty(version),
-                    result: non_empty(result),
-                    last_error: non_empty(last_error),
-                })
-                .await?,
-            );
-        }
-        let next = (reply[1] != "0").then(|| page_token::encode(&scope, &reply[1]));
-        Ok(Page { items, next })
+        self.read(|| self.jobs_page(pass_id, filter, page_size, cursor))
+            .await
     }
 
     async fn job(&self, job_id: &str) -> Result<Job> {
-        let not_found = || Error::NotFound(format!("job {job_id}"));
-        let (pass_id, n) = parse_job_id(job_id).ok_or_else(not_found)?;
-        let pass_key = self.pass_key(pass_id);
-        let slot = slot(n);
-        let ((record, version, result), last_error, pass_state): (
-            (Option<String>, Option<String>, Option<String>),
-            Option<String>,
-            Option<String>,
-        ) = redis::pipe()
-            .cmd("HMGET")
-            .arg(self.bucket_key(pass_id, n))
-            .arg(&[slot.clone(), format!("{slot}v"), format!("{slot}r")])
-            .hget(format!("{pass_key}:err"), n)
-            .hget(&pass_key, "state")
-            .query_async(&mut self.conn())
-            .await?;
-        let record = record.ok_or_else(not_found)?;
-        let (recorded, attempt, crashes, where_part) = split_record(&record)?;
-        let stopped = matches!(pass_state.as_deref(), Some("cancelled" | "failed"));
-        let queued = matches!(recorded, JobState::Pending | JobState::Failed);
-        self.decode_job(StoredJob {
-            job_id: job_id.to_owned(),
-            pass_id,
-            state: if stopped && queued {
-                JobState::Cancelled
-            } else {
-                recorded
-            },
-            attempt,
-            crashes,
-            where_part,
-            version: version.as_deref(),
-            result: result.as_deref(),
-            last_error: last_error.as_deref(),
-        })
-        .await
+        self.read(|| self.job_of(job_id)).await
     }
 
     async fn cancel_pass(&self, pass_id: &str, _now_ms: i64) -> Result<()> {
@@ -448,44 +346,52 @@ impl JobStore for RedisStore {
     }
 
     async fn leases_in_flight(&self) -> Result<u64> {
-        Ok(self.conn().zcard(format!("{}:leases", self.prefix)).await?)
+        self.read(|| async move { Ok(self.conn().zcard(format!("{}:leases", self.prefix)).await?) })
+            .await
     }
 
     async fn lease_holders(&self) -> Result<Vec<String>> {
-        // One entry per lease in flight (`lease deadline started duration worker`), so this is
-        // bounded by the workers' slots, not by the size of any pass.
-        let leases: Vec<String> = self.conn().hvals(format!("{}:lease", self.prefix)).await?;
-        let holders: std::collections::BTreeSet<String> = leases
-            .iter()
-            .filter_map(|lease| lease.splitn(5, ' ').nth(4).map(str::to_owned))
-            .collect();
-        Ok(holders.into_iter().collect())
+        self.read(|| async move {
+            // One entry per lease in flight (`lease deadline started duration worker`), so this is
+            // bounded by the workers' slots, not by the size of any pass.
+            let leases: Vec<String> = self.conn().hvals(format!("{}:lease", self.prefix)).await?;
+            let holders: std::collections::BTreeSet<String> = leases
+                .iter()
+                .filter_map(|lease| lease.splitn(5, ' ').nth(4).map(str::to_owned))
+                .collect();
+            Ok(holders.into_iter().collect())
+        })
+        .await
     }
 
     async fn active_passes(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn();
-        let active_key = format!("{}:active", self.prefix);
-        let members: Vec<String> = conn.smembers(&active_key).await?;
-        let mut active = Vec::with_capacity(members.len());
-        for pass_id in members {
-            let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.pass_key(&pass_id))
-                .arg(&["state", "n:pending", "n:leased", "n:failed"])
-                .query_async(&mut conn)
-                .await?;
-            let open: i64 = fields[1..]
-                .iter()
-                .map(|n| n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0))
-                .sum();
-            match fields[0].as_deref() {
-                Some("planning") => active.push(pass_id),
-                Some("running") if open > 0 => active.push(pass_id),
-                _ => {
-                    let _: () = conn.srem(&active_key, &pass_id).await?;
+        // A read that also drops ended passes from the active set: safe to make again.
+        self.read(|| async move {
+            let mut conn = self.conn();
+            let active_key = format!("{}:active", self.prefix);
+            let members: Vec<String> = conn.smembers(&active_key).await?;
+            let mut active = Vec::with_capacity(members.len());
+            for pass_id in members {
+                let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(self.pass_key(&pass_id))
+                    .arg(&["state", "n:pending", "n:leased", "n:failed"])
+                    .query_async(&mut conn)
+                    .await?;
+                let open: i64 = fields[1..]
+                    .iter()
+                    .map(|n| n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0))
+                    .sum();
+                match fields[0].as_deref() {
+                    Some("planning") => active.push(pass_id),
+                    Some("running") if open > 0 => active.push(pass_id),
+                    _ => {
+                        let _: () = conn.srem(&active_key, &pass_id).await?;
+                    }
                 }
             }
-        }
-        Ok(active)
+            Ok(active)
+        })
+        .await
     }
 
     async fn expire_passes(&self, created_before_ms: i64, limit: u32) -> Result<Vec<String>> {
