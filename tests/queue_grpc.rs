@@ -334,8 +334,10 @@ async fn every_kind_of_bad_request_gets_its_status_code() {
     let (code, _) = code_of(workers.lease_jobs(pb::LeaseJobsRequest::default()).await);
     assert_eq!(code, Code::InvalidArgument, "a worker id is required");
 
+    // A lease long enough that the background reaper cannot take it back before the
+    // completion below, however slow the RPCs in between.
     let leased = workers
-        .lease_jobs(lease(1, 1_000))
+        .lease_jobs(lease(1, 60_000))
         .await
         .unwrap()
         .into_inner()

@@ -50,9 +50,10 @@ fn a_worker_killed_mid_job_loses_no_video() {
     let pass_id = cluster.submit(3);
 
     // The first worker takes the long video's segment jobs slowly; it is killed with one in hand.
+    // Its lease outlasts the look below however slowly `vidx jobs` starts, and then runs out.
     let mut doomed = cluster.worker(
         "doomed",
-        &["--lease-secs", "5", "--max-new-tokens", SLOW_TOKENS],
+        &["--lease-secs", "15", "--max-new-tokens", SLOW_TOKENS],
         &[],
     );
     let killed_job = doomed.wait_leased("/videos/short-");

@@ -209,7 +209,13 @@ async fn a_coordinator_gone_mid_job_is_waited_out() {
     }
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The job's report is the first call to find no coordinator; wait (bounded) for it.
+    for _ in 0..200 {
+        if health.readiness().is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         health.readiness().is_err(),
         "the worker noticed the coordinator was gone"

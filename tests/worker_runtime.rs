@@ -187,8 +187,19 @@ async fn cancelling_the_pass_stops_the_job_in_hand() {
         ..WorkerConfig::default()
     };
     let stopped = CancellationToken::new();
-    let worker = tokio::spawn(run(Arc::new(coordinator.clone()), runner, config, stopped));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let worker = tokio::spawn(run(
+        Arc::new(coordinator.clone()),
+        runner.clone(),
+        config,
+        stopped,
+    ));
+    // Cancelled once the job is in hand (bounded wait), so there is a job to drop.
+    for _ in 0..500 {
+        if runner.calls.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     coordinator.cancel(&pass_id).await.unwrap();
     let tally = tokio::time::timeout(Duration::from_secs(10), worker)
         .await

@@ -367,6 +367,12 @@ mod tests {
     #[test]
     fn a_silent_process_times_out_and_is_killed() {
         let mut guard = shell("echo waiting; exec sleep 600");
+        // The line is in the log tail before the short wait below starts.
+        guard
+            .wait_for_line("say waiting", Duration::from_secs(20), |line| {
+                (line.text == "waiting").then_some(())
+            })
+            .unwrap();
         let error = guard
             .wait_for_line("say ready", Duration::from_millis(300), |line| {
                 (line.text == "ready").then_some(())
