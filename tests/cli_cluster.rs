@@ -4,10 +4,14 @@
 
 mod common;
 
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{ffmpeg_clip, start_coordinator, stdout_of, vidx_client};
+use vidx_core::auth::Token;
+use vidx_core::client::{ClientConfig, CoordinatorClient};
+use vidx_core::domain::FinalizeClaim;
+use vidx_testkit::ChildGuard;
 use vidx_testkit::redis::RedisServer;
 
 const TOKEN: &str = "cli-token";
@@ -17,6 +21,73 @@ fn error_of(output: &Output) -> String {
     assert!(!output.status.success(), "expected a failure");
     let stderr = String::from_utf8_lossy(&output.stderr);
     stderr.lines().last().unwrap_or_default().to_owned()
+}
+
+/// While another holder (a coordinator replica, as the test plays it here over gRPC) finalizes
+/// the pass, `vidx finalize` writes nothing and says it waits; once that holder finishes, it
+/// takes the claim and writes the manifest again.
+fn finalize_waits_for_the_claim(url: &str, pass_id: &str, manifest: &std::path::Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ClientConfig::new(url.to_owned(), Some(Token::new(TOKEN).unwrap()));
+    let client = runtime
+        .block_on(CoordinatorClient::connect(&config))
+        .unwrap();
+    let claim = runtime.block_on(client.claim_finalization(pass_id, "test-replica", true, 60_000));
+    assert_eq!(claim.unwrap(), FinalizeClaim::Claimed);
+    // Bad claims are refused with the field named.
+    let error = runtime
+        .block_on(client.claim_finalization(pass_id, "test-replica", false, 10))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("finalization claim of 10 ms"),
+        "{error}"
+    );
+    let error = runtime
+        .block_on(client.claim_finalization(pass_id, " ", false, 60_000))
+        .unwrap_err();
+    assert!(error.to_string().contains("holder is empty"), "{error}");
+
+    std::fs::remove_file(manifest).unwrap();
+    let mut finalize = ChildGuard::spawn(
+        "vidx finalize",
+        Command::new(common::VIDX)
+            .args(["finalize", pass_id])
+            .env("VIDX_COORDINATOR", url)
+            .env("VIDX_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn"),
+    )
+    .unwrap();
+    finalize
+        .wait_for_line("say it waits", Duration::from_secs(60), |line| {
+            line.text.contains("is being finalized now").then_some(())
+        })
+        .unwrap();
+    assert!(
+        !manifest.exists(),
+        "finalize wrote while another held the claim"
+    );
+    assert!(
+        finalize.try_status().unwrap().is_none(),
+        "{}",
+        finalize.log()
+    );
+
+    runtime
+        .block_on(client.finish_finalization(pass_id))
+        .unwrap();
+    let finished = finalize.wait_finished(Duration::from_secs(120)).unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished
+            .stdout
+            .contains("2 videos: 0 indexed, 0 skipped, 2 failed"),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        manifest.exists(),
+        "finalize wrote the manifest once it held the claim"
+    );
 }
 
 #[test]
@@ -98,6 +169,7 @@ fn client_commands_against_a_real_coordinator() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["pass_id"], pass_id.as_str());
+    finalize_waits_for_the_claim(&url, &pass_id, &out.path().join("manifest.json"));
 
     // What is wrong is said on one line, with a non-zero exit.
     let bad_token = error_of(&vidx_client(&url, "wrong-token", &["passes"]));

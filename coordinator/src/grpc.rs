@@ -166,6 +166,39 @@ impl pb::pass_service_server::PassService for PassApi {
         )
         .await
     }
+
+    async fn claim_finalization(
+        &self,
+        request: Request<pb::ClaimFinalizationRequest>,
+    ) -> Result<Response<pb::ClaimFinalizationResponse>, Status> {
+        let request = request.into_inner();
+        let call = async {
+            let ttl = lease_ms("finalization claim", request.ttl_ms)?;
+            self.coordinator
+                .claim_finalization(&request.pass_id, &request.holder, request.again, ttl)
+                .await
+        };
+        handle(&self.coordinator, "ClaimFinalization", call, |claim| {
+            pb::ClaimFinalizationResponse {
+                claim: pb::FinalizationClaim::from(claim) as i32,
+            }
+        })
+        .await
+    }
+
+    async fn finish_finalization(
+        &self,
+        request: Request<pb::FinishFinalizationRequest>,
+    ) -> Result<Response<pb::FinishFinalizationResponse>, Status> {
+        let pass_id = request.into_inner().pass_id;
+        handle(
+            &self.coordinator,
+            "FinishFinalization",
+            self.coordinator.finish_finalization(&pass_id),
+            |()| pb::FinishFinalizationResponse {},
+        )
+        .await
+    }
 }
 
 #[tonic::async_trait]

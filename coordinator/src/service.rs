@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{JobStore, LeaseRequest};
 use vidx_core::domain::{
-    Completed, Completion, Created, FailOutcome, FailureKind, Heartbeat, Job, JobState, LeasedJob,
-    Page, PassSpec, PassStatus, now_ms,
+    Completed, Completion, Created, FailOutcome, FailureKind, FinalizeClaim, Heartbeat, Job,
+    JobState, LeasedJob, Page, PassSpec, PassStatus, now_ms,
 };
 use vidx_core::source::JobSource;
 
@@ -25,6 +25,10 @@ pub const LEASE_MS_RANGE: (i64, i64) = (1_000, 3_600_000);
 pub const MAX_LEASE_BATCH: u32 = 256;
 /// Most items one page may hold.
 pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// Shortest and longest finalization claim.
+pub const MIN_FINALIZE_CLAIM_MS: i64 = 1_000;
+/// See [`MIN_FINALIZE_CLAIM_MS`].
+pub const MAX_FINALIZE_CLAIM_MS: i64 = 3_600_000;
 
 /// The coordinator: a job store, metrics, a way to wake the planner, and a progress signal.
 #[derive(Clone)]
@@ -162,6 +166,38 @@ impl Coordinator {
         self.store
             .list_jobs(pass_id, state, page_size(size, 100)?, token)
             .await
+    }
+
+    /// Takes (or renews) the right to finalize a pass for `ttl_ms` (1 s to 1 h); `again`
+    /// finalizes a finalized pass again (see [`JobStore::claim_finalization`]).
+    #[instrument(skip_all, fields(%pass_id, %holder))]
+    pub async fn claim_finalization(
+        &self,
+        pass_id: &str,
+        holder: &str,
+        again: bool,
+        ttl_ms: i64,
+    ) -> Result<FinalizeClaim> {
+        require_id("pass id", pass_id)?;
+        require_id("holder", holder)?;
+        if !(MIN_FINALIZE_CLAIM_MS..=MAX_FINALIZE_CLAIM_MS).contains(&ttl_ms) {
+            return Err(Error::invalid(format!(
+                "finalization claim of {ttl_ms} ms is outside \
+                 {MIN_FINALIZE_CLAIM_MS}..={MAX_FINALIZE_CLAIM_MS} ms"
+            )));
+        }
+        self.store
+            .claim_finalization(pass_id, holder, again, ttl_ms, now_ms())
+            .await
+    }
+
+    /// Records a pass finalized.
+    #[instrument(skip_all, fields(%pass_id))]
+    pub async fn finish_finalization(&self, pass_id: &str) -> Result<()> {
+        require_id("pass id", pass_id)?;
+        self.store.finish_finalization(pass_id).await?;
+        info!("pass finalized");
+        Ok(())
     }
 
     /// Cancels a pass and returns its status.

@@ -11,8 +11,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{AttachToken, Token};
 use crate::domain::{
-    Completion, Created, FailOutcome, FailureKind, Heartbeat, Job, JobState, LeasedJob, Page,
-    PassSpec, PassStatus, collect_pages,
+    Completion, Created, FailOutcome, FailureKind, FinalizeClaim, Heartbeat, Job, JobState,
+    LeasedJob, Page, PassSpec, PassStatus, collect_pages,
 };
 use crate::error::{Error, Result};
 use crate::wire::{fail_request, job_state_filter_to_pb};
@@ -202,6 +202,40 @@ impl CoordinatorClient {
                 .status
                 .ok_or_else(|| Error::Corrupt("cancel reply has no status".into()))?,
         )
+    }
+
+    /// Takes (or renews) the right to finalize a pass for `ttl_ms`; `again` finalizes a
+    /// finalized pass again.
+    pub async fn claim_finalization(
+        &self,
+        pass_id: &str,
+        holder: &str,
+        again: bool,
+        ttl_ms: u64,
+    ) -> Result<FinalizeClaim> {
+        let response = self
+            .passes
+            .clone()
+            .claim_finalization(pb::ClaimFinalizationRequest {
+                pass_id: pass_id.to_owned(),
+                holder: holder.to_owned(),
+                ttl_ms,
+                again,
+            })
+            .await?
+            .into_inner();
+        FinalizeClaim::try_from(response.claim)
+    }
+
+    /// Records a pass finalized.
+    pub async fn finish_finalization(&self, pass_id: &str) -> Result<()> {
+        self.passes
+            .clone()
+            .finish_finalization(pb::FinishFinalizationRequest {
+                pass_id: pass_id.to_owned(),
+            })
+            .await?;
+        Ok(())
     }
 
     /// Leases up to `max_jobs` jobs for `lease_ms` milliseconds (0: the coordinator's default).

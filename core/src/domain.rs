@@ -597,6 +597,19 @@ pub struct Created {
     pub existing: bool,
 }
 
+/// The answer to a claim on a pass's finalization (writing its manifest, table parts and
+/// search index): only the claim's holder writes, so two finalizers never write one
+/// destination at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizeClaim {
+    /// The caller holds the claim and finalizes now.
+    Claimed,
+    /// Another holder has an unexpired claim.
+    Busy,
+    /// The pass was finalized already.
+    Done,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -6,8 +6,9 @@
 use vidx_proto::v1 as pb;
 
 use crate::domain::{
-    Completion, Created, DEFAULT_MAX_ATTEMPTS, ErrorReport, FailureKind, Heartbeat, Job, JobCounts,
-    JobState, LeasedJob, NewJob, PassSpec, PassState, PassStatus, Sampling, Segment, TaskSpec,
+    Completion, Created, DEFAULT_MAX_ATTEMPTS, ErrorReport, FailureKind, FinalizeClaim, Heartbeat,
+    Job, JobCounts, JobState, LeasedJob, NewJob, PassSpec, PassState, PassStatus, Sampling,
+    Segment, TaskSpec,
 };
 use crate::error::Error;
 
@@ -398,6 +399,31 @@ impl From<&pb::CompleteJobRequest> for Completion {
                     end_s: segment.end_s,
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<FinalizeClaim> for pb::FinalizationClaim {
+    fn from(claim: FinalizeClaim) -> Self {
+        match claim {
+            FinalizeClaim::Claimed => pb::FinalizationClaim::Claimed,
+            FinalizeClaim::Busy => pb::FinalizationClaim::Busy,
+            FinalizeClaim::Done => pb::FinalizationClaim::Done,
+        }
+    }
+}
+
+impl TryFrom<i32> for FinalizeClaim {
+    type Error = Error;
+
+    fn try_from(value: i32) -> Result<Self, Error> {
+        match pb::FinalizationClaim::try_from(value) {
+            Ok(pb::FinalizationClaim::Claimed) => Ok(FinalizeClaim::Claimed),
+            Ok(pb::FinalizationClaim::Busy) => Ok(FinalizeClaim::Busy),
+            Ok(pb::FinalizationClaim::Done) => Ok(FinalizeClaim::Done),
+            Ok(pb::FinalizationClaim::Unspecified) | Err(_) => Err(Error::Corrupt(format!(
+                "finalization claim {value} is not a known answer"
+            ))),
         }
     }
 }

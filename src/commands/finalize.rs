@@ -4,7 +4,9 @@
 //! through the store's finalization claim), and `vidx finalize` to run it again by hand.
 //!
 //! Finalizing is safe to repeat: the manifest and the pass's table parts have fixed keys, so a
-//! second run (after a crash halfway, or by hand) overwrites them with the same content.
+//! second run (after a crash halfway, or by hand) overwrites them with the same content. It is
+//! not safe to run twice at once (two writers of the search index delete each other's files),
+//! so the replicas and `vidx finalize` alike write only while they hold the claim.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::FinalizeClaim;
+use vidx_core::client::CoordinatorClient;
 use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
 use vidx_worker::evidence::store::{DOCUMENT_FILE, OutcomeStatus};
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
@@ -30,6 +33,8 @@ const FINALIZER_PERIOD: Duration = Duration::from_secs(2);
 const FINALIZE_CLAIM_MS: i64 = 10 * 60 * 1_000;
 /// Newest passes a finalizer looks at per round.
 const FINALIZER_PASSES: u32 = 100;
+/// How often `vidx finalize` asks again while another holder finalizes the pass.
+const CLAIM_POLL: Duration = Duration::from_secs(1);
 
 /// Where one video of a pass ended up, from its jobs.
 enum VideoResult {
@@ -226,7 +231,7 @@ async fn finalize_round(
         let pass_id = status.pass_id.clone();
         let claim = coordinator
             .store()
-            .claim_finalization(&pass_id, replica, FINALIZE_CLAIM_MS, now_ms())
+            .claim_finalization(&pass_id, replica, false, FINALIZE_CLAIM_MS, now_ms())
             .await?;
         match claim {
             FinalizeClaim::Done => {
@@ -258,6 +263,38 @@ async fn finalize_round(
     Ok(())
 }
 
+/// Takes the pass's finalization claim for a re-run, waiting (bounded by a claim's lifetime)
+/// while a coordinator replica or another `vidx finalize` holds it.
+async fn claim_to_finalize_again(client: &CoordinatorClient, pass_id: &str) -> Result<()> {
+    let holder = format!("vidx-finalize-{}", uuid::Uuid::new_v4().simple());
+    let ttl = FINALIZE_CLAIM_MS.unsigned_abs();
+    let started = std::time::Instant::now();
+    let patience = Duration::from_millis(ttl) + Duration::from_secs(30);
+    let mut said = false;
+    loop {
+        match client
+            .claim_finalization(pass_id, &holder, true, ttl)
+            .await?
+        {
+            FinalizeClaim::Claimed => return Ok(()),
+            // A claim that asks again is never answered done; treat it as busy all the same.
+            FinalizeClaim::Busy | FinalizeClaim::Done => {}
+        }
+        if started.elapsed() > patience {
+            bail!(
+                "pass {pass_id} is still being finalized by another holder after {} s; \
+                 try again later",
+                started.elapsed().as_secs()
+            );
+        }
+        if !said {
+            eprintln!("pass {pass_id} is being finalized now (by the coordinator); waiting for it");
+            said = true;
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
+    }
+}
+
 /// `vidx finalize`: writes a finished pass's manifest and table parts again.
 pub async fn finalize(args: FinalizeArgs) -> Result<()> {
     let client = args.client.connect().await?;
@@ -272,9 +309,11 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
             status.state
         );
     }
+    claim_to_finalize_again(&client, &args.pass_id).await?;
     let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
     let fallback = unknown_model(args.model_id, args.model_revision);
     let manifest = finalize_pass(&status, &jobs, fallback).await?;
+    client.finish_finalization(&args.pass_id).await?;
     println!(
         "{} videos: {} indexed, {} skipped, {} failed; manifest and tables written under {}",
         manifest.videos.len(),

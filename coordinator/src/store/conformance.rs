@@ -1044,31 +1044,42 @@ pub async fn segment_counter_designates_one_assembler(store: Arc<dyn JobStore>) 
     ));
 }
 
-/// One holder finalizes a pass while its claim lasts; once finished, every
-/// claim says done.
+/// One holder finalizes a pass while its claim lasts; once finished, every claim says done,
+/// but one that asks to finalize again, which then excludes every other holder in turn.
 pub async fn finalization_is_claimed_once(store: Arc<dyn JobStore>) {
     use super::FinalizeClaim;
     let pass_id = running_pass(store.as_ref(), 1, 3).await;
     let ttl = 60_000;
-    let claim = |holder: &'static str, now_ms: i64| {
+    let claim = |holder: &'static str, again: bool, now_ms: i64| {
         let store = Arc::clone(&store);
         let pass_id = pass_id.clone();
         async move {
             store
-                .claim_finalization(&pass_id, holder, ttl, now_ms)
+                .claim_finalization(&pass_id, holder, again, ttl, now_ms)
                 .await
                 .unwrap()
         }
     };
-    assert_eq!(claim("replica-a", T0).await, FinalizeClaim::Claimed);
-    assert_eq!(claim("replica-b", T0 + 1).await, FinalizeClaim::Busy);
-    assert_eq!(claim("replica-a", T0 + 2).await, FinalizeClaim::Claimed);
+    assert_eq!(claim("replica-a", false, T0).await, FinalizeClaim::Claimed);
+    assert_eq!(claim("replica-b", false, T0 + 1).await, FinalizeClaim::Busy);
+    assert_eq!(claim("cli", true, T0 + 1).await, FinalizeClaim::Busy);
+    assert_eq!(
+        claim("replica-a", false, T0 + 2).await,
+        FinalizeClaim::Claimed
+    );
     store.finish_finalization(&pass_id).await.unwrap();
-    assert_eq!(claim("replica-b", T0 + 3).await, FinalizeClaim::Done);
-    assert_eq!(claim("replica-a", T0 + 4).await, FinalizeClaim::Done);
+    assert_eq!(claim("replica-b", false, T0 + 3).await, FinalizeClaim::Done);
+    assert_eq!(claim("replica-a", false, T0 + 4).await, FinalizeClaim::Done);
+
+    // `vidx finalize` of a finalized pass: its claim holds off the replicas until it finishes.
+    assert_eq!(claim("cli", true, T0 + 5).await, FinalizeClaim::Claimed);
+    assert_eq!(claim("replica-a", false, T0 + 6).await, FinalizeClaim::Busy);
+    assert_eq!(claim("replica-b", true, T0 + 6).await, FinalizeClaim::Busy);
+    store.finish_finalization(&pass_id).await.unwrap();
+    assert_eq!(claim("replica-a", false, T0 + 7).await, FinalizeClaim::Done);
     assert!(matches!(
         store
-            .claim_finalization("no-such-pass", "replica-a", ttl, T0)
+            .claim_finalization("no-such-pass", "replica-a", true, ttl, T0)
             .await,
         Err(Error::NotFound(_))
     ));

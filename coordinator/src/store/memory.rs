@@ -830,13 +830,14 @@ impl JobStore for MemoryStore {
         &self,
         pass_id: &str,
         holder: &str,
+        again: bool,
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<FinalizeClaim> {
         let mut state = self.lock();
         state.pass(pass_id)?;
         match state.finalization.get(pass_id) {
-            Some(Finalization::Done) => return Ok(FinalizeClaim::Done),
+            Some(Finalization::Done) if !again => return Ok(FinalizeClaim::Done),
             Some(Finalization::Held {
                 holder: owner,
                 until_ms,

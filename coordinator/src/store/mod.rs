@@ -222,14 +222,16 @@ pub trait JobStore: Send + Sync + 'static {
         segment_count: u32,
     ) -> Result<bool>;
 
-    /// Takes (or renews) the right to finalize a pass (write its manifest and table parts) for
-    /// `ttl_ms`. A holder that crashes loses it when the time runs out, so another replica
-    /// finalizes instead; once [`JobStore::finish_finalization`] ran, every claim answers
-    /// [`FinalizeClaim::Done`].
+    /// Takes (or renews) the right to finalize a pass (write its manifest, table parts and search
+    /// index) for `ttl_ms`. A holder that crashes loses it when the time runs out, so another
+    /// replica finalizes instead; once [`JobStore::finish_finalization`] ran, every claim
+    /// answers [`FinalizeClaim::Done`], unless `again` asks to finalize a finalized pass again
+    /// (`vidx finalize`): that claim is taken like any other, and is busy while another holds it.
     async fn claim_finalization(
         &self,
         pass_id: &str,
         holder: &str,
+        again: bool,
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<FinalizeClaim>;
@@ -239,15 +241,7 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 /// The answer to [`JobStore::claim_finalization`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinalizeClaim {
-    /// The caller holds the claim and finalizes now.
-    Claimed,
-    /// Another holder has an unexpired claim.
-    Busy,
-    /// The pass was finalized already.
-    Done,
-}
+pub use vidx_core::domain::FinalizeClaim;
 
 /// Checks the arguments of [`JobStore::count_segment`] before any state changes.
 pub(crate) fn validate_segment_count(

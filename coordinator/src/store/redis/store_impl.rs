@@ -510,13 +510,19 @@ impl JobStore for RedisStore {
         &self,
         pass_id: &str,
         holder: &str,
+        again: bool,
         ttl_ms: i64,
         _now_ms: i64,
     ) -> Result<FinalizeClaim> {
         let reply = checked(
             self.run(
                 &self.scripts.claim_finalization,
-                &[pass_id, holder, &ttl_ms.max(1).to_string()],
+                &[
+                    pass_id,
+                    holder,
+                    &ttl_ms.max(1).to_string(),
+                    if again { "1" } else { "0" },
+                ],
             )
             .await?,
             || format!("pass {pass_id}"),
