@@ -158,7 +158,13 @@ fn model_info() -> ModelInfo {
 
 /// Runs one pass over `corpus` into `index` with a fresh counting store; returns its manifest
 /// and the video bytes read.
-async fn run_pass(model: &Arc<OpenO3Video>, corpus: &Path, index: &Path) -> (PassManifest, u64) {
+/// Runs a pass to its end; returns its manifest, the video bytes it read, and the jobs its
+/// status counted as skipped.
+async fn run_pass(
+    model: &Arc<OpenO3Video>,
+    corpus: &Path,
+    index: &Path,
+) -> (PassManifest, u64, u64) {
     let retry = RetryPolicy {
         base_backoff_ms: 10,
         max_backoff_ms: 10,
@@ -230,7 +236,7 @@ async fn run_pass(model: &Arc<OpenO3Video>, corpus: &Path, index: &Path) -> (Pas
     assert_eq!(status.state, PassState::Finished, "{status:?}");
     let jobs = all_jobs(&coordinator, &pass_id).await.unwrap();
     let manifest = finalize_pass(&status, &jobs, model_info()).await.unwrap();
-    (manifest, bytes_read.load(Ordering::Relaxed))
+    (manifest, bytes_read.load(Ordering::Relaxed), status.skipped)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +252,8 @@ async fn a_rerun_skips_every_video_without_reading_a_byte() {
     model.set_pixel_bounds(3136, 12544);
     let model = Arc::new(model);
 
-    let (first, first_bytes) = run_pass(&model, corpus.path(), index.path()).await;
+    let (first, first_bytes, first_skipped) = run_pass(&model, corpus.path(), index.path()).await;
+    assert_eq!(first_skipped, 0, "the pass's status counts no skipped job");
     assert_eq!(
         (
             first.videos.len(),
@@ -305,7 +312,12 @@ async fn a_rerun_skips_every_video_without_reading_a_byte() {
         "one answer row per segment, all naming the video"
     );
 
-    let (second, second_bytes) = run_pass(&model, corpus.path(), index.path()).await;
+    let (second, second_bytes, second_skipped) =
+        run_pass(&model, corpus.path(), index.path()).await;
+    assert_eq!(
+        second_skipped, 2,
+        "the pass's status (what the progress bar shows) counts both skipped videos"
+    );
     assert_eq!(
         (
             second.videos.len(),

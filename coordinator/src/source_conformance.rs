@@ -168,13 +168,15 @@ pub async fn cancel_seen_at_heartbeat(fixture: SourceFixture) {
     assert_eq!(status.state, PassState::Cancelled);
 }
 
-/// A completed job is done with its result, once.
+/// A completed job is done with its result, once; one done as skipped (its video indexed
+/// already) is counted as such in the pass.
 pub async fn complete(fixture: SourceFixture) {
     let pass_id = pass_of(&fixture.coordinator, &["a"]).await;
     let job = leased_one(fixture.source.lease("w1", 1, 30_000).await.unwrap());
     let completion = Completion {
         result_url: Some("file:///index/documents/a.json".into()),
         segments: Vec::new(),
+        skipped: true,
     };
     fixture
         .source
@@ -196,6 +198,7 @@ pub async fn complete(fixture: SourceFixture) {
     );
     let status = fixture.coordinator.status(&pass_id).await.unwrap();
     assert_eq!(status.state, PassState::Finished);
+    assert_eq!((status.counts.done, status.skipped), (1, 1));
     // Completing again under the same lease is fenced: the lease ended with the job.
     let again = fixture
         .source
@@ -452,6 +455,7 @@ pub async fn split(fixture: SourceFixture) {
             &Completion {
                 result_url: None,
                 segments: segments.clone(),
+                skipped: false,
             },
         )
         .await

@@ -151,6 +151,7 @@ mod redis_layout {
                         done * 104_729
                     )),
                     segments: Vec::new(),
+                    skipped: false,
                 };
                 store
                     .complete(&job.job.job_id, &job.lease_id, &result, T0)

@@ -291,6 +291,7 @@ impl CoordinatorClient {
                 lease_id: lease_id.to_owned(),
                 result_url: completion.result_url.clone().unwrap_or_default(),
                 segments: completion.segments.iter().map(pb::Segment::from).collect(),
+                skipped: completion.skipped,
             })
             .await?;
         Ok(())

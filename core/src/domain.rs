@@ -442,6 +442,9 @@ pub struct Completion {
     pub result_url: Option<String>,
     /// For a probe job that the worker split: the segments to create jobs for.
     pub segments: Vec<Segment>,
+    /// The video was indexed already (its document exists): the job read no video and is done
+    /// as skipped; the pass counts it in [`PassStatus::skipped`].
+    pub skipped: bool,
 }
 
 /// The outcome of a completion, for metrics.
@@ -553,6 +556,8 @@ pub struct PassStatus {
     pub planning_error: Option<String>,
     /// Times a job of the pass was handed back unfinished (released).
     pub released: u64,
+    /// Done jobs that found their video indexed already (skipped); counted in `counts.done` too.
+    pub skipped: u64,
 }
 
 /// A page of results and the cursor to the next.

@@ -207,6 +207,7 @@ impl From<&PassStatus> for pb::PassStatus {
             max_attempts: status.spec.max_attempts,
             released: status.released,
             verify: status.spec.verify,
+            skipped: status.skipped,
         }
     }
 }
@@ -243,6 +244,7 @@ impl TryFrom<pb::PassStatus> for PassStatus {
             created_at_ms: status.created_at_ms,
             planning_error: non_empty(status.planning_error),
             released: status.released,
+            skipped: status.skipped,
         })
     }
 }
@@ -399,6 +401,7 @@ impl From<&pb::CompleteJobRequest> for Completion {
                     end_s: segment.end_s,
                 })
                 .collect(),
+            skipped: request.skipped,
         }
     }
 }
@@ -523,6 +526,7 @@ mod tests {
             created_at_ms: 1,
             planning_error: None,
             released: 4,
+            skipped: 3,
         };
         let back = PassStatus::try_from(pb::PassStatus::from(&status)).unwrap();
         assert_eq!(back, status);

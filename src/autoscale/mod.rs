@@ -450,6 +450,7 @@ mod tests {
             created_at_ms: 0,
             planning_error: None,
             released: 0,
+            skipped: 0,
         };
         let passes = [
             pass(PassState::Running, 3, 2, 1),

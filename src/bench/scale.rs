@@ -225,6 +225,7 @@ fn result_for(job: &LeasedJob) -> Completion {
             digest(hash, 0xd0c)
         )),
         segments: Vec::new(),
+        skipped: false,
     }
 }
 

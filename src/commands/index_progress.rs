@@ -28,7 +28,7 @@ pub struct IndexCounts {
     pub done: u64,
     /// Jobs dead after their retries.
     pub failed: u64,
-    /// Jobs that completed as skipped (already indexed); 0 until the pass reports them.
+    /// Jobs that completed as skipped (already indexed).
     pub skipped: u64,
     /// Jobs finished per second over the coordinator's recent window.
     pub jobs_per_second: f64,
@@ -44,7 +44,7 @@ impl IndexCounts {
             finished: status.counts.finished(),
             done: status.counts.done,
             failed: status.counts.dead,
-            skipped: 0,
+            skipped: status.skipped,
             jobs_per_second: status.jobs_per_second,
             eta_seconds: status.eta_seconds,
         }

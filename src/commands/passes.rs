@@ -87,6 +87,13 @@ pub fn render(status: &PassStatus) -> String {
         "throughput   {:.2} jobs/s, eta {eta}",
         status.jobs_per_second
     );
+    if status.skipped > 0 {
+        let _ = writeln!(
+            out,
+            "skipped      {} of the done (indexed already, no video read)",
+            status.skipped
+        );
+    }
     if status.released > 0 {
         let _ = writeln!(
             out,

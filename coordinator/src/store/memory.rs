@@ -39,6 +39,8 @@ struct PassRecord {
     buckets: BTreeMap<i64, u64>,
     /// Jobs handed back unfinished.
     released: u64,
+    /// Jobs done as skipped (their video was indexed already).
+    skipped: u64,
 }
 
 #[derive(Debug)]
@@ -256,6 +258,7 @@ impl State {
             created_at_ms: pass.created_at_ms,
             planning_error: pass.planning_error.clone(),
             released: pass.released,
+            skipped: pass.skipped,
         })
     }
 
@@ -311,6 +314,7 @@ impl JobStore for MemoryStore {
                 errors: VecDeque::new(),
                 buckets: BTreeMap::new(),
                 released: 0,
+                skipped: 0,
             },
         );
         Ok(Created {
@@ -600,6 +604,9 @@ impl JobStore for MemoryStore {
             record.job.result_url = completion.result_url.clone();
         }
         state.count_finished(&pass_id, now_ms);
+        if completion.skipped {
+            state.pass_mut(&pass_id)?.skipped += 1;
+        }
         let mut segments_created = 0;
         for job in segment_jobs(&parent, &completion.segments) {
             if state.insert_job(&pass_id, &job) {

@@ -520,6 +520,7 @@ async fn finish(
             let completion = Completion {
                 result_url,
                 segments: Vec::new(),
+                skipped: timings.skipped,
             };
             let reported = call_with_retry("complete", clock.expires(), health, || {
                 source.complete(job_id, lease_id, &completion)
@@ -537,6 +538,7 @@ async fn finish(
             let completion = Completion {
                 result_url: None,
                 segments,
+                skipped: false,
             };
             let reported = call_with_retry("complete", clock.expires(), health, || {
                 source.complete(job_id, lease_id, &completion)

@@ -11,9 +11,21 @@ pub async fn status_and_listing(store: Arc<dyn JobStore>) {
     let result = Completion {
         result_url: Some("file:///index/doc.json".into()),
         segments: Vec::new(),
+        skipped: false,
     };
     store
         .complete(&leased[0].job.job_id, &leased[0].lease_id, &result, T0)
+        .await
+        .unwrap();
+    let status = store.pass_status(&pass_id, T0).await.unwrap();
+    assert_eq!(status.skipped, 0);
+    // A video indexed already: done, and counted as skipped.
+    let skipped = Completion {
+        skipped: true,
+        ..result.clone()
+    };
+    store
+        .complete(&leased[1].job.job_id, &leased[1].lease_id, &skipped, T0)
         .await
         .unwrap();
 
@@ -22,9 +34,10 @@ pub async fn status_and_listing(store: Arc<dyn JobStore>) {
         (
             status.counts.pending,
             status.counts.leased,
-            status.counts.done
+            status.counts.done,
+            status.skipped
         ),
-        (3, 1, 1)
+        (3, 0, 2, 1)
     );
     assert_eq!(status.counts.total(), 5);
     assert_eq!(status.created_at_ms, T0);
@@ -242,6 +255,7 @@ pub async fn probe_job_splits_into_segments(store: Arc<dyn JobStore>) {
             start_s: 5.0,
             end_s: 1.0,
         }],
+        skipped: false,
     };
     let invalid = store
         .complete(&probe.job.job_id, &probe.lease_id, &bad, T0)
@@ -254,6 +268,7 @@ pub async fn probe_job_splits_into_segments(store: Arc<dyn JobStore>) {
     let split = Completion {
         result_url: None,
         segments,
+        skipped: false,
     };
     let completed = store
         .complete(&probe.job.job_id, &probe.lease_id, &split, T0 + 50)
@@ -276,6 +291,7 @@ pub async fn probe_job_splits_into_segments(store: Arc<dyn JobStore>) {
             start_s: 0.0,
             end_s: 1.0,
         }],
+        skipped: false,
     };
     let nested = store
         .complete(

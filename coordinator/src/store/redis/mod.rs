@@ -337,6 +337,7 @@ impl RedisStore {
             created_at_ms,
             planning_error: fields.get("error").cloned(),
             released: field_i64(&fields, "released").max(0) as u64,
+            skipped: field_i64(&fields, "skipped").max(0) as u64,
         })
     }
 

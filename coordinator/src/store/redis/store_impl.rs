@@ -260,7 +260,8 @@ impl JobStore for RedisStore {
             .arg(lease_id)
             .arg(now_ms)
             .arg(&stored_result)
-            .arg(template);
+            .arg(template)
+            .arg(if completion.skipped { "1" } else { "0" });
         if !completion.segments.is_empty() {
             // A job's spec never changes, so reading it outside the script is safe.
             let parent = self.job(job_id).await?;
