@@ -288,7 +288,10 @@ async fn claim_to_finalize_again(client: &CoordinatorClient, pass_id: &str) -> R
             );
         }
         if !said {
-            eprintln!("pass {pass_id} is being finalized now (by the coordinator); waiting for it");
+            eprintln!(
+                "pass {pass_id} is being finalized now (by a coordinator replica or another \
+                 vidx finalize); waiting for it"
+            );
             said = true;
         }
         tokio::time::sleep(CLAIM_POLL).await;
