@@ -33,6 +33,10 @@ const FINALIZER_PERIOD: Duration = Duration::from_secs(2);
 const FINALIZE_CLAIM_MS: i64 = 10 * 60 * 1_000;
 /// Newest passes a finalizer looks at per round.
 const FINALIZER_PASSES: u32 = 100;
+/// Every this many rounds (and in a replica's first), the finalizer pages through every pass,
+/// not only the newest: a pass that finished behind [`FINALIZER_PASSES`] newer ones is
+/// finalized within about 5 minutes.
+const SWEEP_EVERY_ROUNDS: u32 = 150;
 /// How often `vidx finalize` asks again while another holder finalizes the pass.
 const CLAIM_POLL: Duration = Duration::from_secs(1);
 
@@ -196,13 +200,21 @@ fn unknown_model(id: String, revision: String) -> ModelInfo {
 }
 
 /// Finalizes every finished pass once, from any number of coordinator replicas: each round
-/// looks at the newest passes, takes the store's finalization claim for a finished one, writes
-/// its manifest and table parts, and marks it finalized. A replica that dies halfway loses its
-/// claim when it runs out, and another replica finalizes the pass again from the start.
+/// looks at the newest passes (every [`SWEEP_EVERY_ROUNDS`] rounds, at all of them), takes the
+/// store's finalization claim for a finished one, writes its manifest and table parts, and marks
+/// it finalized. A replica that dies halfway loses its claim when it runs out, and another
+/// replica finalizes the pass again from the start.
 pub async fn run_finalizer(coordinator: Coordinator, replica: String, shutdown: CancellationToken) {
     let mut finalized: HashSet<String> = HashSet::new();
+    let mut round: u32 = 0;
     loop {
-        if let Err(error) = finalize_round(&coordinator, &replica, &mut finalized).await {
+        let scope = if round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
+            Scope::Every
+        } else {
+            Scope::Newest
+        };
+        round = round.wrapping_add(1);
+        if let Err(error) = finalize_round(&coordinator, &replica, &mut finalized, scope).await {
             warn!(%error, "finalizer round failed, will retry");
         }
         tokio::select! {
@@ -218,47 +230,76 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+/// Which passes a finalizer round looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The newest [`FINALIZER_PASSES`].
+    Newest,
+    /// All of them, a page of [`FINALIZER_PASSES`] at a time.
+    Every,
+}
+
 async fn finalize_round(
     coordinator: &Coordinator,
     replica: &str,
     finalized: &mut HashSet<String>,
+    scope: Scope,
 ) -> Result<()> {
-    let passes = coordinator.list_passes(FINALIZER_PASSES, None).await?;
-    for status in passes.items {
-        if status.state != PassState::Finished || finalized.contains(&status.pass_id) {
-            continue;
-        }
-        let pass_id = status.pass_id.clone();
-        let claim = coordinator
-            .store()
-            .claim_finalization(&pass_id, replica, false, FINALIZE_CLAIM_MS, now_ms())
+    let mut token: Option<String> = None;
+    loop {
+        let page = coordinator
+            .list_passes(FINALIZER_PASSES, token.as_deref())
             .await?;
-        match claim {
-            FinalizeClaim::Done => {
-                finalized.insert(pass_id);
-                continue;
-            }
-            FinalizeClaim::Busy => continue,
-            FinalizeClaim::Claimed => {}
+        for status in page.items {
+            finalize_if_finished(coordinator, replica, finalized, status).await?;
         }
-        let jobs = all_jobs(coordinator, &pass_id).await?;
-        let fallback = unknown_model("unknown".into(), "unknown".into());
-        match finalize_pass(&status, &jobs, fallback).await {
-            Ok(manifest) => {
-                coordinator.store().finish_finalization(&pass_id).await?;
-                info!(
-                    %pass_id,
-                    videos = manifest.videos.len(),
-                    indexed = manifest.indexed,
-                    skipped = manifest.skipped,
-                    failed = manifest.failed,
-                    "pass finalized"
-                );
-                finalized.insert(pass_id);
-            }
-            // The claim runs out and this or another replica tries again.
-            Err(error) => warn!(%pass_id, error = format!("{error:#}"), "cannot finalize pass"),
+        token = page.next;
+        if scope == Scope::Newest || token.is_none() {
+            return Ok(());
         }
+    }
+}
+
+/// Finalizes one pass if it is finished and no replica finalized it yet.
+async fn finalize_if_finished(
+    coordinator: &Coordinator,
+    replica: &str,
+    finalized: &mut HashSet<String>,
+    status: PassStatus,
+) -> Result<()> {
+    if status.state != PassState::Finished || finalized.contains(&status.pass_id) {
+        return Ok(());
+    }
+    let pass_id = status.pass_id.clone();
+    let claim = coordinator
+        .store()
+        .claim_finalization(&pass_id, replica, false, FINALIZE_CLAIM_MS, now_ms())
+        .await?;
+    match claim {
+        FinalizeClaim::Done => {
+            finalized.insert(pass_id);
+            return Ok(());
+        }
+        FinalizeClaim::Busy => return Ok(()),
+        FinalizeClaim::Claimed => {}
+    }
+    let jobs = all_jobs(coordinator, &pass_id).await?;
+    let fallback = unknown_model("unknown".into(), "unknown".into());
+    match finalize_pass(&status, &jobs, fallback).await {
+        Ok(manifest) => {
+            coordinator.store().finish_finalization(&pass_id).await?;
+            info!(
+                %pass_id,
+                videos = manifest.videos.len(),
+                indexed = manifest.indexed,
+                skipped = manifest.skipped,
+                failed = manifest.failed,
+                "pass finalized"
+            );
+            finalized.insert(pass_id);
+        }
+        // The claim runs out and this or another replica tries again.
+        Err(error) => warn!(%pass_id, error = format!("{error:#}"), "cannot finalize pass"),
     }
     Ok(())
 }
@@ -326,4 +367,94 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
         status.spec.destination
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use vidx_coordinator::metrics::Metrics;
+    use vidx_coordinator::store::{JobStore, LeaseRequest, MemoryStore, RetryPolicy};
+    use vidx_core::domain::{FailureKind, NewJob, PassSpec, Sampling, TaskSpec};
+
+    fn spec(destination: String) -> PassSpec {
+        PassSpec {
+            source: "file:///corpus/".into(),
+            destination,
+            task: TaskSpec::Index { prompt: None },
+            sampling: Sampling::default(),
+            idempotency_key: None,
+            max_attempts: 1,
+            verify: None,
+        }
+    }
+
+    /// A pass that finished behind a full page of newer passes is out of a round over the
+    /// newest, and a sweep over every pass finalizes it, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_finalizes_a_pass_behind_a_page_of_newer_ones() {
+        let out = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new(RetryPolicy::default()));
+        let coordinator = Coordinator::new(store.clone(), Metrics::new());
+        let now = now_ms();
+        let old = store
+            .create_pass(&spec(format!("file://{}/", out.path().display())), now)
+            .await
+            .unwrap()
+            .pass_id;
+        let video = NewJob {
+            video_url: "file:///corpus/broken.mp4".into(),
+            start_s: 0.0,
+            end_s: 0.0,
+            size_bytes: 1,
+            etag: None,
+            probe: true,
+        };
+        store.add_jobs(&old, &[video], None, now).await.unwrap();
+        store.finish_planning(&old, None).await.unwrap();
+        let request = LeaseRequest {
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ms: 60_000,
+        };
+        let leased = store.lease(&request, now).await.unwrap().remove(0);
+        store
+            .fail(
+                &leased.job.job_id,
+                &leased.lease_id,
+                "probe: not a video",
+                FailureKind::Permanent,
+                now,
+            )
+            .await
+            .unwrap();
+        // Pass ids sort by creation time: the newer passes all list before the old one.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for _ in 0..FINALIZER_PASSES {
+            let elsewhere = tempfile::tempdir().unwrap();
+            let spec = spec(format!("file://{}/", elsewhere.path().display()));
+            store.create_pass(&spec, now).await.unwrap();
+        }
+
+        let manifest = out.path().join("manifest.json");
+        let mut finalized = HashSet::new();
+        finalize_round(&coordinator, "replica", &mut finalized, Scope::Newest)
+            .await
+            .unwrap();
+        assert!(!manifest.exists(), "the old pass is not among the newest");
+        finalize_round(&coordinator, "replica", &mut finalized, Scope::Every)
+            .await
+            .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+        assert_eq!(written["pass_id"], old.as_str());
+        assert_eq!(written["failed"], 1, "{written}");
+        assert!(finalized.contains(&old));
+        let claim = store
+            .claim_finalization(&old, "another", false, FINALIZE_CLAIM_MS, now_ms())
+            .await
+            .unwrap();
+        assert_eq!(claim, FinalizeClaim::Done);
+    }
 }
