@@ -156,10 +156,8 @@ fn model_info() -> ModelInfo {
     }
 }
 
-/// Runs one pass over `corpus` into `index` with a fresh counting store; returns its manifest
-/// and the video bytes read.
-/// Runs a pass to its end; returns its manifest, the video bytes it read, and the jobs its
-/// status counted as skipped.
+/// Runs one pass over `corpus` into `index` with a fresh counting store, to its end; returns its
+/// manifest, the video bytes it read, and the jobs its status counted as skipped.
 async fn run_pass(
     model: &Arc<OpenO3Video>,
     corpus: &Path,

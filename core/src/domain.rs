@@ -556,7 +556,9 @@ pub struct PassStatus {
     pub planning_error: Option<String>,
     /// Times a job of the pass was handed back unfinished (released).
     pub released: u64,
-    /// Done jobs that found their video indexed already (skipped); counted in `counts.done` too.
+    /// Done jobs that found their video's document written already (skipped; counted in
+    /// `counts.done` too): by an earlier pass, or by an earlier attempt of this one whose report
+    /// was lost, so it can be above the manifest's count of skipped videos.
     pub skipped: u64,
 }
 

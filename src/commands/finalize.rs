@@ -29,8 +29,9 @@ use crate::cli::FinalizeArgs;
 const READ_CONCURRENCY: usize = 16;
 /// How often a replica looks for finished passes to finalize.
 const FINALIZER_PERIOD: Duration = Duration::from_secs(2);
-/// How long a finalization claim lasts; a replica that crashes halfway loses it after this.
-const FINALIZE_CLAIM_MS: i64 = 10 * 60 * 1_000;
+/// How long a finalization claim lasts unless renewed. Its holder renews it every third of that
+/// while it writes (see [`holding_claim`]), so one that crashes holds the pass up this long.
+const FINALIZE_CLAIM_MS: i64 = 60 * 1_000;
 /// Newest passes a finalizer looks at per round.
 const FINALIZER_PASSES: u32 = 100;
 /// Every this many rounds (and in a replica's first), the finalizer pages through every pass,
@@ -251,7 +252,13 @@ async fn finalize_round(
             .list_passes(FINALIZER_PASSES, token.as_deref())
             .await?;
         for status in page.items {
-            finalize_if_finished(coordinator, replica, finalized, status).await?;
+            let pass_id = status.pass_id.clone();
+            // One pass that cannot be finalized now (expired meanwhile, a failing listing)
+            // does not hold up the passes after it.
+            if let Err(error) = finalize_if_finished(coordinator, replica, finalized, status).await
+            {
+                warn!(%pass_id, error = format!("{error:#}"), "cannot finalize pass");
+            }
         }
         token = page.next;
         if scope == Scope::Newest || token.is_none() {
@@ -283,9 +290,21 @@ async fn finalize_if_finished(
         FinalizeClaim::Busy => return Ok(()),
         FinalizeClaim::Claimed => {}
     }
-    let jobs = all_jobs(coordinator, &pass_id).await?;
-    let fallback = unknown_model("unknown".into(), "unknown".into());
-    match finalize_pass(&status, &jobs, fallback).await {
+    let renew = || {
+        coordinator.store().claim_finalization(
+            &pass_id,
+            replica,
+            false,
+            FINALIZE_CLAIM_MS,
+            now_ms(),
+        )
+    };
+    let write = async {
+        let jobs = all_jobs(coordinator, &pass_id).await?;
+        let fallback = unknown_model("unknown".into(), "unknown".into());
+        finalize_pass(&status, &jobs, fallback).await
+    };
+    match holding_claim(claim_ttl(), renew, write).await {
         Ok(manifest) => {
             coordinator.store().finish_finalization(&pass_id).await?;
             info!(
@@ -304,22 +323,81 @@ async fn finalize_if_finished(
     Ok(())
 }
 
-/// Takes the pass's finalization claim for a re-run, waiting (bounded by a claim's lifetime)
-/// while a coordinator replica or another `vidx finalize` holds it.
-async fn claim_to_finalize_again(client: &CoordinatorClient, pass_id: &str) -> Result<()> {
-    let holder = format!("vidx-finalize-{}", uuid::Uuid::new_v4().simple());
+/// The lifetime of a finalization claim.
+fn claim_ttl() -> Duration {
+    Duration::from_millis(FINALIZE_CLAIM_MS.unsigned_abs())
+}
+
+/// Runs `work` while renewing its finalization claim through `renew` every third of `ttl`. When
+/// the claim is lost (another holder has it, or renewals kept failing until it may have run
+/// out), the work is dropped unfinished, as a crash would stop it, so two holders never write
+/// at once; the next holder writes everything again.
+async fn holding_claim<T, E, R, RF>(
+    ttl: Duration,
+    renew: R,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T>
+where
+    E: std::fmt::Display,
+    R: Fn() -> RF,
+    RF: Future<Output = std::result::Result<FinalizeClaim, E>>,
+{
+    let every = ttl / 3;
+    let renewing = async {
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            match renew().await {
+                Ok(FinalizeClaim::Claimed) => renewed = tokio::time::Instant::now(),
+                Ok(other) => {
+                    return anyhow::anyhow!("lost the finalization claim (it answered {other:?})");
+                }
+                // One more try fits in the claim's lifetime.
+                Err(error) if renewed.elapsed() + every < ttl => {
+                    warn!(%error, "cannot renew the finalization claim; trying again");
+                }
+                Err(error) => {
+                    return anyhow::anyhow!(
+                        "cannot renew the finalization claim before it runs out: {error}"
+                    );
+                }
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        error = renewing => Err(error),
+    }
+}
+
+/// Takes the pass's finalization claim for a re-run as `holder`, waiting (bounded by a claim's
+/// lifetime, and through a coordinator outage as long) while another holder has it.
+async fn claim_to_finalize_again(
+    client: &CoordinatorClient,
+    pass_id: &str,
+    holder: &str,
+) -> Result<()> {
     let ttl = FINALIZE_CLAIM_MS.unsigned_abs();
     let started = std::time::Instant::now();
-    let patience = Duration::from_millis(ttl) + Duration::from_secs(30);
+    let patience = claim_ttl() + Duration::from_secs(30);
     let mut said = false;
     loop {
-        match client
-            .claim_finalization(pass_id, &holder, true, ttl)
-            .await?
-        {
-            FinalizeClaim::Claimed => return Ok(()),
+        match client.claim_finalization(pass_id, holder, true, ttl).await {
+            Ok(FinalizeClaim::Claimed) => return Ok(()),
             // A claim that asks again is never answered done; treat it as busy all the same.
-            FinalizeClaim::Busy | FinalizeClaim::Done => {}
+            Ok(FinalizeClaim::Busy | FinalizeClaim::Done) => {
+                if !said {
+                    eprintln!(
+                        "pass {pass_id} is being finalized now (by a coordinator replica or \
+                         another vidx finalize); waiting for it"
+                    );
+                    said = true;
+                }
+            }
+            Err(error) if error.is_transient() && started.elapsed() < patience => {
+                eprintln!("coordinator unavailable ({error}); trying again");
+            }
+            Err(error) => return Err(error.into()),
         }
         if started.elapsed() > patience {
             bail!(
@@ -327,13 +405,6 @@ async fn claim_to_finalize_again(client: &CoordinatorClient, pass_id: &str) -> R
                  try again later",
                 started.elapsed().as_secs()
             );
-        }
-        if !said {
-            eprintln!(
-                "pass {pass_id} is being finalized now (by a coordinator replica or another \
-                 vidx finalize); waiting for it"
-            );
-            said = true;
         }
         tokio::time::sleep(CLAIM_POLL).await;
     }
@@ -353,10 +424,16 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
             status.state
         );
     }
-    claim_to_finalize_again(&client, &args.pass_id).await?;
-    let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
-    let fallback = unknown_model(args.model_id, args.model_revision);
-    let manifest = finalize_pass(&status, &jobs, fallback).await?;
+    let holder = format!("vidx-finalize-{}", uuid::Uuid::new_v4().simple());
+    claim_to_finalize_again(&client, &args.pass_id, &holder).await?;
+    let ttl = FINALIZE_CLAIM_MS.unsigned_abs();
+    let renew = || client.claim_finalization(&args.pass_id, &holder, true, ttl);
+    let write = async {
+        let jobs = client.jobs(&args.pass_id, None, usize::MAX).await?;
+        let fallback = unknown_model(args.model_id, args.model_revision);
+        finalize_pass(&status, &jobs, fallback).await
+    };
+    let manifest = holding_claim(claim_ttl(), renew, write).await?;
     client.finish_finalization(&args.pass_id).await?;
     println!(
         "{} videos: {} indexed, {} skipped, {} failed; manifest and tables written under {}",
@@ -388,6 +465,44 @@ mod tests {
             max_attempts: 1,
             verify: None,
         }
+    }
+
+    /// The holder renews its claim while it writes: when a renewal says another holder has it,
+    /// the write stops unfinished; renewals that keep failing stop it before the claim could run
+    /// out; work that ends first returns its own result.
+    #[tokio::test]
+    async fn losing_the_claim_stops_the_write() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let ttl = Duration::from_millis(90);
+        let renewals = AtomicU32::new(0);
+        let renew = || {
+            let n = renewals.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, String>(if n < 2 {
+                    FinalizeClaim::Claimed
+                } else {
+                    FinalizeClaim::Busy
+                })
+            }
+        };
+        let error = holding_claim(ttl, renew, std::future::pending::<Result<()>>())
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("lost the finalization claim"),
+            "{error}"
+        );
+        assert_eq!(renewals.load(Ordering::SeqCst), 3);
+
+        let failing = || async { Err::<FinalizeClaim, _>("coordinator unavailable") };
+        let error = holding_claim(ttl, failing, std::future::pending::<Result<()>>())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("before it runs out"), "{error}");
+
+        let claimed = || async { Ok::<_, String>(FinalizeClaim::Claimed) };
+        let written = holding_claim(ttl, claimed, async { Ok(7) }).await.unwrap();
+        assert_eq!(written, 7);
     }
 
     /// A pass that finished behind a full page of newer passes is out of a round over the

@@ -464,3 +464,33 @@ fn index_urls() {
         "{error}"
     );
 }
+
+/// A pass finalized after a newer one (a late sweep, a re-run of an old pass) writes its own
+/// manifest under `passes/`, and leaves the newer pass's manifest as the latest.
+#[tokio::test]
+async fn an_older_pass_finalized_late_keeps_the_newer_manifest_latest() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let index = EvidenceIndex::from_url(dir.path().to_str().unwrap())?;
+    let task = QuestionPlan::index();
+    let older = "pass-019ad0c0000070008000000000000001";
+    let newer = "pass-019ad0c0000070008000000000000002";
+    index
+        .finish_pass(PassManifest::new(newer, model(), &task))
+        .await?;
+    index
+        .finish_pass(PassManifest::new(older, model(), &task))
+        .await?;
+    assert_eq!(index.read_manifest().await?.pass_id, newer);
+    assert!(
+        dir.path()
+            .join(format!("passes/{older}/manifest.json"))
+            .exists()
+    );
+    // In creation order, each becomes the latest in turn.
+    let again = "pass-019ad0c0000070008000000000000003";
+    index
+        .finish_pass(PassManifest::new(again, model(), &task))
+        .await?;
+    assert_eq!(index.read_manifest().await?.pass_id, again);
+    Ok(())
+}

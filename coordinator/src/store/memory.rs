@@ -79,15 +79,16 @@ struct State {
     next_lease: u64,
     /// Per (pass, video): the segments counted and the one designated to assemble.
     assembly: HashMap<(String, String), (BTreeSet<u32>, Option<u32>)>,
-    /// Per pass: finalized, or the current finalization claim (holder, until).
+    /// Per pass: whether it was finalized, and the current finalization claim.
     finalization: HashMap<String, Finalization>,
 }
 
-/// Where finalizing a pass stands.
-#[derive(Debug, Clone)]
-enum Finalization {
-    Held { holder: String, until_ms: i64 },
-    Done,
+/// Where finalizing a pass stands: a re-run's claim leaves `done` as it is.
+#[derive(Debug, Clone, Default)]
+struct Finalization {
+    done: bool,
+    /// The claim's holder and when it runs out.
+    held: Option<(String, i64)>,
 }
 
 /// All state in process memory; lost when the process exits.
@@ -843,32 +844,30 @@ impl JobStore for MemoryStore {
     ) -> Result<FinalizeClaim> {
         let mut state = self.lock();
         state.pass(pass_id)?;
-        match state.finalization.get(pass_id) {
-            Some(Finalization::Done) if !again => return Ok(FinalizeClaim::Done),
-            Some(Finalization::Held {
-                holder: owner,
-                until_ms,
-            }) if owner != holder && *until_ms > now_ms => {
-                return Ok(FinalizeClaim::Busy);
-            }
-            _ => {}
+        let finalization = state.finalization.entry(pass_id.to_owned()).or_default();
+        if finalization.done && !again {
+            return Ok(FinalizeClaim::Done);
         }
-        state.finalization.insert(
-            pass_id.to_owned(),
-            Finalization::Held {
-                holder: holder.to_owned(),
-                until_ms: now_ms + ttl_ms,
-            },
-        );
+        if let Some((owner, until_ms)) = &finalization.held
+            && owner != holder
+            && *until_ms > now_ms
+        {
+            return Ok(FinalizeClaim::Busy);
+        }
+        finalization.held = Some((holder.to_owned(), now_ms + ttl_ms));
         Ok(FinalizeClaim::Claimed)
     }
 
     async fn finish_finalization(&self, pass_id: &str) -> Result<()> {
         let mut state = self.lock();
         state.pass(pass_id)?;
-        state
-            .finalization
-            .insert(pass_id.to_owned(), Finalization::Done);
+        state.finalization.insert(
+            pass_id.to_owned(),
+            Finalization {
+                done: true,
+                held: None,
+            },
+        );
         Ok(())
     }
 }

@@ -529,8 +529,12 @@ impl EvidenceIndex {
         );
         self.put(&self.key(&pass_dir), bytes.clone(), "application/json")
             .await?;
-        self.put(&self.key(MANIFEST_FILE), bytes, "application/json")
-            .await?;
+        if self.newer_manifest_than(&manifest.pass_id).await {
+            info!(pass_id = %manifest.pass_id, "a newer pass's manifest stays the latest");
+        } else {
+            self.put(&self.key(MANIFEST_FILE), bytes, "application/json")
+                .await?;
+        }
         info!(
             pass_id = %manifest.pass_id,
             indexed = manifest.indexed,
@@ -540,6 +544,22 @@ impl EvidenceIndex {
             "pass finished"
         );
         Ok(manifest)
+    }
+
+    /// Whether the latest manifest is of a pass newer than `pass_id`: one finalized late (by a
+    /// sweep, or a re-run of an old pass) then leaves it in place. Only ids as the coordinator
+    /// makes them (`pass-` and a UUIDv7) are compared, since they sort by creation time; an
+    /// absent or unreadable manifest is not newer.
+    async fn newer_manifest_than(&self, pass_id: &str) -> bool {
+        if !is_time_ordered_pass_id(pass_id) {
+            return false;
+        }
+        match self.read_manifest().await {
+            Ok(latest) => {
+                is_time_ordered_pass_id(&latest.pass_id) && latest.pass_id.as_str() > pass_id
+            }
+            Err(_) => false,
+        }
     }
 
     /// Reads the latest pass manifest.
@@ -639,4 +659,14 @@ fn sanitize_segment(text: &str) -> String {
     } else {
         cleaned
     }
+}
+
+/// `pass-` and 32 lowercase hex digits: a coordinator-made id, which sorts by creation time.
+fn is_time_ordered_pass_id(pass_id: &str) -> bool {
+    pass_id.strip_prefix("pass-").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }

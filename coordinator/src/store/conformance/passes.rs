@@ -534,7 +534,9 @@ pub async fn segment_counter_designates_one_assembler(store: Arc<dyn JobStore>) 
 }
 
 /// One holder finalizes a pass while its claim lasts; once finished, every claim says done,
-/// but one that asks to finalize again, which then excludes every other holder in turn.
+/// but one that asks to finalize again: that one excludes every other re-run until it
+/// finishes, and the pass stays finalized for the rest meanwhile (a re-run that fails undoes
+/// nothing).
 pub async fn finalization_is_claimed_once(store: Arc<dyn JobStore>) {
     use crate::store::FinalizeClaim;
     let pass_id = running_pass(store.as_ref(), 1, 3).await;
@@ -560,12 +562,19 @@ pub async fn finalization_is_claimed_once(store: Arc<dyn JobStore>) {
     assert_eq!(claim("replica-b", false, T0 + 3).await, FinalizeClaim::Done);
     assert_eq!(claim("replica-a", false, T0 + 4).await, FinalizeClaim::Done);
 
-    // `vidx finalize` of a finalized pass: its claim holds off the replicas until it finishes.
+    // `vidx finalize` of a finalized pass: its claim holds off other re-runs until it finishes;
+    // it renews its claim as it goes.
     assert_eq!(claim("cli", true, T0 + 5).await, FinalizeClaim::Claimed);
-    assert_eq!(claim("replica-a", false, T0 + 6).await, FinalizeClaim::Busy);
+    assert_eq!(claim("replica-a", false, T0 + 6).await, FinalizeClaim::Done);
     assert_eq!(claim("replica-b", true, T0 + 6).await, FinalizeClaim::Busy);
+    assert_eq!(claim("cli", true, T0 + 7).await, FinalizeClaim::Claimed);
     store.finish_finalization(&pass_id).await.unwrap();
     assert_eq!(claim("replica-a", false, T0 + 7).await, FinalizeClaim::Done);
+    // Finishing let the claim go: the next re-run takes it at once.
+    assert_eq!(
+        claim("replica-b", true, T0 + 8).await,
+        FinalizeClaim::Claimed
+    );
     assert!(matches!(
         store
             .claim_finalization("no-such-pass", "replica-a", true, ttl, T0)

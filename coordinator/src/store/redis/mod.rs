@@ -12,7 +12,7 @@
 //!   `P:pass:ID:err` last error per job number; `P:pass:ID:errors` recent failures;
 //!   `P:pass:ID:rate` completions per 10 s bucket; `P:pass:ID:planner` the planning lock;
 //!   `P:pass:ID:seg` the segments counted per video and who assembles it; `P:pass:ID:final`
-//!   the finalization claim, or `done`.
+//!   `done` once finalized; `P:pass:ID:claim` the finalization claim's holder.
 //! - `P:j:ID:B` job records, 64 per hash; `P:d:ID:B` the de-duplication index while planning.
 //! - Queues: `P:runnable` (passes with never-leased jobs, oldest first), `P:requeue` (jobs sent
 //!   back by a reap or a due retry), `P:delayed` (retry time), `P:leases` (deadline) sorted sets,

@@ -451,10 +451,11 @@ impl JobStore for RedisStore {
                 u64::from(DEDUP_BUCKETS),
             )
             .await?;
-            let mut keys: Vec<String> = ["errors", "rate", "planner", "err", "seg", "final"]
-                .iter()
-                .map(|suffix| format!("{pass_key}:{suffix}"))
-                .collect();
+            let mut keys: Vec<String> =
+                ["errors", "rate", "planner", "err", "seg", "final", "claim"]
+                    .iter()
+                    .map(|suffix| format!("{pass_key}:{suffix}"))
+                    .collect();
             keys.extend(
                 ["leased", "failed", "dead"]
                     .iter()
