@@ -40,6 +40,9 @@ const FINALIZER_PASSES: u32 = 100;
 const SWEEP_EVERY_ROUNDS: u32 = 150;
 /// How often `vidx finalize` asks again while another holder finalizes the pass.
 const CLAIM_POLL: Duration = Duration::from_secs(1);
+/// How long `vidx finalize` waits for another holder, which renews its claim for as long as it
+/// writes (a pass of millions of videos takes a while), or for an unavailable coordinator.
+const RERUN_PATIENCE: Duration = Duration::from_secs(60 * 60);
 
 /// Where one video of a pass ended up, from its jobs.
 enum VideoResult {
@@ -370,8 +373,8 @@ where
     }
 }
 
-/// Takes the pass's finalization claim for a re-run as `holder`, waiting (bounded by a claim's
-/// lifetime, and through a coordinator outage as long) while another holder has it.
+/// Takes the pass's finalization claim for a re-run as `holder`, waiting (up to
+/// [`RERUN_PATIENCE`]) while another holder has it or the coordinator is unavailable.
 async fn claim_to_finalize_again(
     client: &CoordinatorClient,
     pass_id: &str,
@@ -379,7 +382,7 @@ async fn claim_to_finalize_again(
 ) -> Result<()> {
     let ttl = FINALIZE_CLAIM_MS.unsigned_abs();
     let started = std::time::Instant::now();
-    let patience = claim_ttl() + Duration::from_secs(30);
+    let patience = RERUN_PATIENCE;
     let mut said = false;
     loop {
         match client.claim_finalization(pass_id, holder, true, ttl).await {
