@@ -31,10 +31,24 @@ mod redis {
     vidx_coordinator::job_store_conformance!(make());
 }
 
+/// An indexing pass over `source` into `destination`, three attempts a job.
+fn index_pass(source: &str, destination: &str) -> vidx_core::domain::PassSpec {
+    use vidx_core::domain::{PassSpec, Sampling, TaskSpec};
+    PassSpec {
+        source: source.into(),
+        destination: destination.into(),
+        task: TaskSpec::Index { prompt: None },
+        sampling: Sampling::default(),
+        idempotency_key: None,
+        max_attempts: 3,
+        verify: None,
+    }
+}
+
 /// What only the Redis store can show: its layout stays compact and expiry leaves nothing behind.
 mod redis_layout {
     use vidx_coordinator::store::{JobStore, LeaseRequest, RedisStore, conformance::RETRY};
-    use vidx_core::domain::{Completion, NewJob, PassSpec, Sampling, TaskSpec};
+    use vidx_core::domain::{Completion, NewJob};
     use vidx_testkit::redis::RedisServer;
 
     const T0: i64 = 1_700_000_000_000;
@@ -78,15 +92,7 @@ mod redis_layout {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let spec = PassSpec {
-            source: "s3://archive/broadcast/2026/".into(),
-            destination: "s3://archive-index/v1/".into(),
-            task: TaskSpec::Index { prompt: None },
-            sampling: Sampling::default(),
-            idempotency_key: None,
-            max_attempts: 3,
-            verify: None,
-        };
+        let spec = super::index_pass("s3://archive/broadcast/2026/", "s3://archive-index/v1/");
         let pass_id = store.create_pass(&spec, T0).await.unwrap().pass_id;
         let jobs: Vec<NewJob> = (0..200)
             .map(|index| NewJob {
@@ -178,7 +184,6 @@ mod redis_layout {
 /// What a Redis restart under a running store does to the calls that follow it.
 mod redis_restart {
     use vidx_coordinator::store::{JobStore, RedisStore, conformance::RETRY};
-    use vidx_core::domain::{PassSpec, Sampling, TaskSpec};
     use vidx_testkit::redis::{RedisOptions, RedisServer};
 
     const T0: i64 = 1_700_000_000_000;
@@ -200,15 +205,7 @@ mod redis_restart {
         let store = RedisStore::connect(&server.url(), "vidx-test", RETRY)
             .await
             .unwrap();
-        let spec = PassSpec {
-            source: "s3://archive/clips/".into(),
-            destination: "s3://archive-index/".into(),
-            task: TaskSpec::Index { prompt: None },
-            sampling: Sampling::default(),
-            idempotency_key: None,
-            max_attempts: 3,
-            verify: None,
-        };
+        let spec = super::index_pass("s3://archive/clips/", "s3://archive-index/");
         let pass_id = store.create_pass(&spec, T0).await.unwrap().pass_id;
         // Acknowledged writes reach the append-only file within a second (fsync everysec).
         tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;

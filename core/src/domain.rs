@@ -617,6 +617,23 @@ pub enum FinalizeClaim {
     Done,
 }
 
+/// A new pass id, `pass-` and a UUIDv7: unique within and across processes, and sorting by
+/// creation time (see [`is_time_ordered_pass_id`]).
+pub fn new_pass_id() -> String {
+    format!("pass-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Whether `pass_id` is one [`new_pass_id`] makes (`pass-` and 32 lowercase hex digits), so that
+/// comparing two such ids compares their creation times.
+pub fn is_time_ordered_pass_id(pass_id: &str) -> bool {
+    pass_id.strip_prefix("pass-").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -628,6 +645,23 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_pass_ids_sort_by_creation_time() {
+        let first = new_pass_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_pass_id();
+        assert!(is_time_ordered_pass_id(&first) && is_time_ordered_pass_id(&second));
+        assert!(first < second, "{first} then {second}");
+        for other in [
+            "p",
+            "pass-2",
+            "pass-019AD0C0000070008000000000000001",
+            "run-x",
+        ] {
+            assert!(!is_time_ordered_pass_id(other), "{other}");
+        }
+    }
 
     fn spec() -> PassSpec {
         PassSpec {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use vidx_coordinator::service::Coordinator;
 use vidx_coordinator::store::FinalizeClaim;
 use vidx_core::client::CoordinatorClient;
-use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages};
+use vidx_core::domain::{Job, JobState, PassState, PassStatus, collect_pages, now_ms};
 use vidx_worker::evidence::store::{DOCUMENT_FILE, OutcomeStatus};
 use vidx_worker::evidence::{EvidenceIndex, ModelInfo, PassManifest};
 use vidx_worker::video_job::pass_plan;
@@ -32,6 +32,8 @@ const FINALIZER_PERIOD: Duration = Duration::from_secs(2);
 /// How long a finalization claim lasts unless renewed. Its holder renews it every third of that
 /// while it writes (see [`holding_claim`]), so one that crashes holds the pass up this long.
 const FINALIZE_CLAIM_MS: i64 = 60 * 1_000;
+/// [`FINALIZE_CLAIM_MS`] as a duration.
+const FINALIZE_CLAIM: Duration = Duration::from_millis(FINALIZE_CLAIM_MS.unsigned_abs());
 /// Newest passes a finalizer looks at per round.
 const FINALIZER_PASSES: u32 = 100;
 /// Every this many rounds (and in a replica's first), the finalizer pages through every pass,
@@ -228,12 +230,6 @@ pub async fn run_finalizer(coordinator: Coordinator, replica: String, shutdown: 
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
 /// Which passes a finalizer round looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
@@ -307,7 +303,7 @@ async fn finalize_if_finished(
         let fallback = unknown_model("unknown".into(), "unknown".into());
         finalize_pass(&status, &jobs, fallback).await
     };
-    match holding_claim(claim_ttl(), renew, write).await {
+    match holding_claim(FINALIZE_CLAIM, renew, write).await {
         Ok(manifest) => {
             coordinator.store().finish_finalization(&pass_id).await?;
             info!(
@@ -324,11 +320,6 @@ async fn finalize_if_finished(
         Err(error) => warn!(%pass_id, error = format!("{error:#}"), "cannot finalize pass"),
     }
     Ok(())
-}
-
-/// The lifetime of a finalization claim.
-fn claim_ttl() -> Duration {
-    Duration::from_millis(FINALIZE_CLAIM_MS.unsigned_abs())
 }
 
 /// Runs `work` while renewing its finalization claim through `renew` every third of `ttl`. When
@@ -436,7 +427,7 @@ pub async fn finalize(args: FinalizeArgs) -> Result<()> {
         let fallback = unknown_model(args.model_id, args.model_revision);
         finalize_pass(&status, &jobs, fallback).await
     };
-    let manifest = holding_claim(claim_ttl(), renew, write).await?;
+    let manifest = holding_claim(FINALIZE_CLAIM, renew, write).await?;
     client.finish_finalization(&args.pass_id).await?;
     println!(
         "{} videos: {} indexed, {} skipped, {} failed; manifest and tables written under {}",

@@ -15,7 +15,7 @@ use super::{
 use crate::error::{Error, Result};
 use vidx_core::domain::{
     Completed, Completion, ErrorReport, FailOutcome, FailureKind, Heartbeat, Job, JobCounts,
-    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
+    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus, new_pass_id,
 };
 
 /// Recent errors kept per pass.
@@ -870,11 +870,6 @@ impl JobStore for MemoryStore {
         );
         Ok(())
     }
-}
-
-/// A pass id: sortable by creation time, unique within and across processes.
-pub(crate) fn new_pass_id() -> String {
-    format!("pass-{}", uuid::Uuid::now_v7().simple())
 }
 
 pub(crate) fn jobs_scope(pass_id: &str, filter: Option<JobState>) -> String {

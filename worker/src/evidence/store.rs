@@ -37,6 +37,7 @@ use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOption
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
+use vidx_core::domain::is_time_ordered_pass_id;
 
 use super::document::{ModelInfo, Thumbnail, VideoDocument, VideoIdentity, assemble_video};
 use super::parquet_file::{answers_to_parquet, claims_to_parquet, rows_from_parquet};
@@ -659,14 +660,4 @@ fn sanitize_segment(text: &str) -> String {
     } else {
         cleaned
     }
-}
-
-/// `pass-` and 32 lowercase hex digits: a coordinator-made id, which sorts by creation time.
-fn is_time_ordered_pass_id(pass_id: &str) -> bool {
-    pass_id.strip_prefix("pass-").is_some_and(|hex| {
-        hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }

@@ -37,10 +37,10 @@ use super::{
     page_token, segment_jobs, throughput, validate_segment_count, validate_segments,
 };
 use crate::error::{Error, Result};
-use crate::store::memory::{jobs_scope, new_pass_id};
+use crate::store::memory::jobs_scope;
 use vidx_core::domain::{
     Completed, Completion, ErrorReport, FailOutcome, FailureKind, Heartbeat, Job, JobCounts,
-    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus,
+    JobState, LeasedJob, NewJob, Page, PassSpec, PassState, PassStatus, new_pass_id,
 };
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
